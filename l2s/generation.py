@@ -1,0 +1,123 @@
+"""Offline generation on the vLLM engine: k samples per prompt, reasoning budgets, token counts.
+
+This is the one place outside `server/` that touches vLLM. The lab build, the eval harness's offline mode and
+every distill method generate through it, so a budget means the same thing everywhere: vLLM's own
+`thinking_token_budget`, which forces `</think>` when the reasoning reaches the cap.
+
+Engines start worker processes with spawn: call `open_engine` from code that runs under
+`if __name__ == "__main__":` (the `l2s` command does).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from l2s.reasoning import ReasoningMarkers, split_text, split_token_ids
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    dtype: str = "float32"
+    max_model_len: int = 1024
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE; the default reserves far more than a tiny model needs
+    max_num_seqs: int = 256
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    token_ids: list[int]
+    reasoning_text: str
+    answer_text: str
+    reasoning_tokens: int
+    answer_tokens: int
+    closed: bool  # the reasoning ended with the end marker
+    finish_reason: str | None
+
+
+def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings(),
+                markers: ReasoningMarkers = ReasoningMarkers()):
+    """A `vllm.LLM` for `model_dir` with the reasoning markers configured (so budgets work)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
+    from vllm import LLM  # imported here: importing vLLM is slow and most commands do not need it
+
+    return LLM(
+        model=str(model_dir),
+        dtype=settings.dtype,
+        max_model_len=settings.max_model_len,
+        max_num_seqs=settings.max_num_seqs,
+        seed=settings.seed,
+        reasoning_config={"reasoning_start_str": markers.start, "reasoning_end_str": markers.end},
+        enable_prefix_caching=True,
+    )
+
+
+def chat_prompt_ids(tokenizer, question: str) -> list[int]:
+    return list(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+    )
+
+
+def generate(
+    engine,
+    questions: Sequence[str],
+    *,
+    num_samples: int = 1,
+    temperature: float = 0.0,
+    max_tokens: int = 512,
+    thinking_token_budget: int | None = None,
+    seed: int = 0,
+    markers: ReasoningMarkers = ReasoningMarkers(),
+    progress: bool = True,
+) -> list[list[Sample]]:
+    """`num_samples` completions for each question, as chat requests through the model's template."""
+    from vllm import SamplingParams
+
+    tokenizer = engine.get_tokenizer()
+    start_id, end_id = (tokenizer.convert_tokens_to_ids(marker) for marker in (markers.start, markers.end))
+    params = SamplingParams(
+        n=num_samples,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        seed=seed,
+        thinking_token_budget=thinking_token_budget if thinking_token_budget not in (None, -1) else None,
+        skip_special_tokens=True,
+    )
+    prompts = [{"prompt_token_ids": chat_prompt_ids(tokenizer, question)} for question in questions]
+    outputs = engine.generate(prompts, params, use_tqdm=progress)
+    results = []
+    for output in outputs:
+        samples = []
+        for choice in output.outputs:
+            ids = list(choice.token_ids)
+            if ids and ids[-1] == tokenizer.eos_token_id:
+                ids = ids[:-1]
+            split_ids = split_token_ids(ids, start_id, end_id)
+            split = split_text(choice.text, markers)
+            samples.append(
+                Sample(
+                    text=choice.text,
+                    token_ids=ids,
+                    reasoning_text=split.reasoning,
+                    answer_text=split.answer,
+                    reasoning_tokens=split_ids.reasoning_tokens,
+                    answer_tokens=split_ids.answer_tokens,
+                    closed=split_ids.closed,
+                    finish_reason=choice.finish_reason,
+                )
+            )
+        results.append(samples)
+    return results
+
+
+def close_engine(engine) -> None:
+    """Stop the engine's worker processes now (left to `__del__` they print a traceback at exit)."""
+    shutdown = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
+    if shutdown is not None and hasattr(shutdown, "shutdown"):
+        shutdown.shutdown()

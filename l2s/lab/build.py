@@ -1,0 +1,233 @@
+"""`l2s lab build`: train the embedded default models from scratch on the lab task.
+
+    base  (mixed long / short / no-CoT traces)
+     ├── lab-long   fine-tuned on long CoT
+     └── lab-short  fine-tuned on no CoT (the recipe's `short.style`)
+
+Both fine-tunes share the base as their ancestor, so merging them means something. Each stage is cached by
+its recipe: a model directory whose card carries the same recipe hash is reused, so a second build starts at
+once. Every directory is written under a temporary name and renamed when complete (`atomic_model_dir`).
+After training, each variant is measured on held-out test problems with the vLLM engine and the figures go
+into its `card.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from l2s.cards import atomic_model_dir, new_card, read_card, stable_hash, update_card, write_card
+from l2s.lab.task import Problem, generate_problems, is_correct
+from l2s.lab.tokenizer import save_tokenizer, train_tokenizer
+from l2s.lab.traces import LongTraceOptions, completion
+from l2s.lab.train import TrainSettings, train
+
+DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "lab.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelShape(Strict):
+    hidden_size: int = Field(192, gt=0)
+    num_hidden_layers: int = Field(4, gt=0)
+    num_attention_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(512, gt=0)
+    max_position_embeddings: int = Field(1024, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "ModelShape":
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be a multiple of num_attention_heads")
+        return self
+
+
+class Stage(Strict):
+    steps: int = Field(gt=0)
+    batch_size: int = Field(32, gt=0)
+    learning_rate: float = Field(gt=0)
+    warmup_steps: int = Field(50, ge=0)
+
+
+class BaseStage(Stage):
+    # share of each trace style in the base's data
+    style_mix: dict[Literal["long", "short", "none"], float] = {"long": 0.5, "short": 0.3, "none": 0.2}
+
+
+class ShortStage(Stage):
+    style: Literal["short", "none"] = "none"
+
+
+class LongTraces(Strict):
+    restate: float = Field(0.4, ge=0, le=1)
+    check: float = Field(0.35, ge=0, le=1)
+    redo: float = Field(0.25, ge=0, le=1)
+
+
+class Measurement(Strict):
+    test_problems: int = Field(500, gt=0)
+    samples: int = Field(8, gt=0)
+    max_tokens: int = Field(512, gt=0)
+
+
+class LabRecipe(Strict):
+    seed: int = 0
+    train_problems: int = Field(40000, gt=0)
+    vocab_size: int = Field(512, gt=300)
+    model: ModelShape = ModelShape()
+    long_traces: LongTraces = LongTraces()
+    base: BaseStage
+    long: Stage
+    short: ShortStage
+    measure: Measurement = Measurement()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LabRecipe":
+        return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+
+
+def _trace_maker(recipe: LabRecipe, styles: dict[str, float]):
+    options = LongTraceOptions(**recipe.long_traces.model_dump())
+    names, weights = list(styles), list(styles.values())
+
+    def make(problem: Problem, rng: random.Random) -> str:
+        style = rng.choices(names, weights)[0] if len(names) > 1 else names[0]
+        return completion(problem, style, rng, options)
+
+    return make
+
+
+def _train_stage(name: str, parent: Path | None, out_dir: Path, recipe: LabRecipe, styles: dict[str, float],
+                 stage: Stage, tokenizer: PreTrainedTokenizerFast, problems: list[Problem], seed: int) -> Path:
+    stage_recipe = {"lab": recipe.model_dump(), "stage": name, "styles": styles}
+    card = read_card(out_dir)
+    if card and card.get("recipe_hash") == stable_hash(stage_recipe) and (not parent or card.get("parent_hash") == (read_card(parent) or {}).get("recipe_hash")):
+        print(f"{name}: cached at {out_dir}")
+        return out_dir
+    if parent is None:
+        shape = recipe.model
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=shape.hidden_size,
+            num_hidden_layers=shape.num_hidden_layers,
+            num_attention_heads=shape.num_attention_heads,
+            num_key_value_heads=shape.num_attention_heads,
+            intermediate_size=shape.intermediate_size,
+            max_position_embeddings=shape.max_position_embeddings,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    else:
+        model = LlamaForCausalLM.from_pretrained(parent, dtype=torch.float32)
+    settings = TrainSettings(
+        steps=stage.steps, batch_size=stage.batch_size, learning_rate=stage.learning_rate,
+        warmup_steps=stage.warmup_steps,
+    )
+    started = time.time()
+    losses = train(model, tokenizer, problems, _trace_maker(recipe, styles), settings, seed, description=name)
+    seconds = time.time() - started
+    with atomic_model_dir(out_dir) as temporary:
+        model.save_pretrained(temporary)
+        save_tokenizer(tokenizer, temporary)
+        (temporary / "training_loss.json").write_text(json.dumps([round(loss, 5) for loss in losses]))
+        parent_card = read_card(parent) if parent else None
+        card = new_card(
+            name=out_dir.name,
+            method="lab-sft",
+            parents=[parent.name] if parent else [],
+            recipe=stage_recipe,
+            role={"lab-base": "base", "lab-long": "long", "lab-short": "short"}.get(out_dir.name, name),
+            parent_hash=parent_card.get("recipe_hash") if parent_card else None,
+            parameters=sum(p.numel() for p in model.parameters()),
+            seed=seed,
+            data={"task": "lab", "train_problems": len(problems), "styles": styles},
+            training={"steps": stage.steps, "seconds": round(seconds, 1), "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4)},
+        )
+        write_card(temporary, card)
+    return out_dir
+
+
+def measure(model_dir: Path, problems: list[Problem], recipe: LabRecipe, sample: bool) -> dict:
+    """Greedy accuracy and token counts on `problems`; with `sample`, also k samples at temperature 1."""
+    from l2s.generation import close_engine, generate, open_engine
+
+    engine = open_engine(model_dir)
+    try:
+        questions = [problem.question for problem in problems]
+        greedy = [samples[0] for samples in generate(engine, questions, max_tokens=recipe.measure.max_tokens)]
+        correct = [is_correct(s.answer_text, p) for s, p in zip(greedy, problems)]
+        report = {
+            "test_problems": len(problems),
+            "accuracy": round(sum(correct) / len(correct), 4),
+            "mean_reasoning_tokens": round(statistics.mean(s.reasoning_tokens for s in greedy), 2),
+            "mean_answer_tokens": round(statistics.mean(s.answer_tokens for s in greedy), 2),
+            "accuracy_by_level": {
+                str(level): round(statistics.mean(c for c, p in zip(correct, problems) if p.level == level), 4)
+                for level in sorted({p.level for p in problems})
+            },
+        }
+        if sample:
+            k = recipe.measure.samples
+            groups = generate(engine, questions, num_samples=k, temperature=1.0, max_tokens=recipe.measure.max_tokens,
+                              seed=recipe.seed)
+            covered, shortest_ratio, lengths = 0, [], []
+            for samples, problem in zip(groups, problems):
+                sample_lengths = [s.reasoning_tokens + s.answer_tokens for s in samples]
+                lengths.extend(sample_lengths)
+                correct_lengths = [n for s, n in zip(samples, sample_lengths) if is_correct(s.answer_text, problem)]
+                if correct_lengths:
+                    covered += 1
+                    shortest_ratio.append(min(correct_lengths) / statistics.mean(sample_lengths))
+            report["sampling"] = {
+                "k": k,
+                "temperature": 1.0,
+                "pass_at_k": round(covered / len(problems), 4),
+                "sample_accuracy": round(sum(is_correct(s.answer_text, p) for g, p in zip(groups, problems) for s in g) / (k * len(problems)), 4),
+                "mean_sample_tokens": round(statistics.mean(lengths), 2),
+                "shortest_correct_over_mean": round(statistics.mean(shortest_ratio), 4) if shortest_ratio else None,
+            }
+        return report
+    finally:
+        close_engine(engine)
+
+
+def build(out: Path, recipe_path: Path = DEFAULT_RECIPE, force_measure: bool = False) -> dict[str, dict]:
+    recipe = LabRecipe.load(recipe_path)
+    started = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    problems = generate_problems("train", recipe.train_problems, seed=recipe.seed)
+    test = generate_problems("test", recipe.measure.test_problems, seed=recipe.seed)
+    rng = random.Random(recipe.seed)
+    maker = _trace_maker(recipe, {"long": 1, "short": 1, "none": 1})
+    tokenizer = train_tokenizer([p.question for p in problems[:3000]] + [maker(p, rng) for p in problems[:3000] for _ in range(2)],
+                                vocab_size=recipe.vocab_size)
+    base = _train_stage("lab-base", None, out / "lab-base", recipe, dict(recipe.base.style_mix), recipe.base,
+                        tokenizer, problems, recipe.seed)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(base)  # the base's own, also when it came from the cache
+    long = _train_stage("lab-long", base, out / "lab-long", recipe, {"long": 1.0}, recipe.long,
+                        tokenizer, problems, recipe.seed + 1)
+    short = _train_stage("lab-short", base, out / "lab-short", recipe, {recipe.short.style: 1.0}, recipe.short,
+                         tokenizer, problems, recipe.seed + 2)
+    results = {}
+    for model_dir, sample in ((long, True), (short, False)):
+        card = read_card(model_dir) or {}
+        if "evaluation" not in card or force_measure:
+            card = update_card(model_dir, evaluation=measure(model_dir, test, recipe, sample))
+        results[model_dir.name] = card["evaluation"]
+    print(f"lab build finished in {time.time() - started:.0f} s")
+    print(json.dumps(results, indent=2))
+    return results

@@ -1,0 +1,111 @@
+"""Supervised training of the lab models: a plain PyTorch loop over chat-formatted examples.
+
+The loss is on the assistant's tokens only. Batches are drawn from length buckets so that long traces do not
+drag padding into every batch: the budget is optimiser steps, not seconds (at equal time a padded batch of
+long traces gets far fewer steps, which is what made the first long-CoT model weak).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerFast
+
+from l2s.lab.task import Problem
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+    min_learning_rate_ratio: float = 0.1
+    weight_decay: float = 0.01
+    bucket_pool: int = 16  # batches sorted by length within a pool of this many batches
+
+
+def encode_example(tokenizer: PreTrainedTokenizerFast, question: str, completion: str) -> tuple[list[int], list[int]]:
+    """(input ids, labels) for one chat example; labels are -100 over the prompt."""
+    prompt_ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    completion_ids = tokenizer.encode(completion, add_special_tokens=False) + [tokenizer.eos_token_id]
+    return list(prompt_ids) + completion_ids, [-100] * len(prompt_ids) + completion_ids
+
+
+def _learning_rate(step: int, settings: TrainSettings) -> float:
+    if step < settings.warmup_steps:
+        return settings.learning_rate * (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+    floor = settings.min_learning_rate_ratio
+    return settings.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (ids, example_labels) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(example_labels)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def train(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerFast,
+    problems: list[Problem],
+    make_completion: Callable[[Problem, random.Random], str],
+    settings: TrainSettings,
+    seed: int,
+    description: str,
+) -> list[float]:
+    """Train `model` in place for `settings.steps` steps; returns the loss per step.
+
+    `make_completion` draws a fresh completion per use, so long traces vary across epochs as they do across
+    samples.
+    """
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    model.train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay, betas=(0.9, 0.98)
+    )
+    order: list[Problem] = []
+    pending: list[list[tuple[list[int], list[int]]]] = []
+    losses: list[float] = []
+    progress = tqdm(range(settings.steps), desc=description, unit="step", dynamic_ncols=True)
+    for step in progress:
+        if not pending:
+            pool = []
+            for _ in range(settings.batch_size * settings.bucket_pool):
+                if not order:
+                    order = list(problems)
+                    rng.shuffle(order)
+                problem = order.pop()
+                pool.append(encode_example(tokenizer, problem.question, make_completion(problem, rng)))
+            pool.sort(key=lambda example: len(example[0]))
+            pending = [pool[i : i + settings.batch_size] for i in range(0, len(pool), settings.batch_size)]
+            rng.shuffle(pending)
+        batch = _collate(pending.pop(), tokenizer.pad_token_id)
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, settings)
+        loss = model(**batch).loss
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), float(__import__("os").environ.get("CLIP", "1.0")))
+        if step % 50 == 0: print("gradnorm", float(gn))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 10 == 0:
+            progress.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    model.eval()
+    return losses

@@ -1,0 +1,58 @@
+"""`l2s serve`: host every variant behind one OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "server.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="server YAML: variants, engine settings, effort budgets, auto policy (default: configs/server.yaml)")
+    parser.add_argument("--models-dir", default="models",
+                        help="serve every finished model found here, besides those the config lists (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--api-key", default=None,
+                        help="require `Authorization: Bearer KEY` on /v1/* (also read from L2S_API_KEY)")
+    parser.add_argument("--calibration", default=None,
+                        help="calibration.json from `l2s eval --calibrate`: measured effort budgets and auto routing")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from server.app import build_app
+    from server.budgets import Calibration
+    from server.config import ServerConfig
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig.load(args.config if args.config and Path(args.config).is_file() else None, args.models_dir)
+    if not config.variants:
+        raise SystemExit(f"no models to serve: none in {args.models_dir} and none in the config (run `l2s lab build`)")
+    calibration = Calibration.load(args.calibration) if args.calibration else None
+    api_key = args.api_key or os.environ.get("L2S_API_KEY") or None
+    app = build_app(config, calibration, api_key)
+    service = app.state.service
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT, refuse new requests with 503 at once, then let uvicorn finish the in-flight ones
+        (bounded by `shutdown_grace_seconds`) and run the app's shutdown, which stops the engines."""
+
+        def handle_exit(self, sig, frame) -> None:
+            service.draining = True
+            super().handle_exit(sig, frame)
+
+    server = DrainingServer(uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level,
+        timeout_graceful_shutdown=config.shutdown_grace_seconds,
+    ))
+    logging.getLogger("l2s.server").info("serving %s on http://%s:%d", ", ".join(service.engines), args.host, args.port)
+    server.run()
+    return 0

@@ -1,0 +1,117 @@
+"""The server's configuration (`configs/server.yaml`), validated at load time.
+
+Variants come from two places: every finished model in `--models-dir` (each gets the defaults), and the
+`variants` list of the YAML, which can point elsewhere and override engine settings and budgets per variant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from l2s.cards import find_models, read_card
+
+EFFORTS = ("none", "low", "medium", "high")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EngineConfig(Strict):
+    """Settings passed to the vLLM engine of one variant."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    max_model_len: int = Field(1024, gt=0)
+    kv_cache_gib: int = Field(1, gt=0, description="KV-cache space in GiB (VLLM_CPU_KVCACHE_SPACE on CPU)")
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="share of GPU memory (CUDA only)")
+    tensor_parallel_size: int = Field(1, gt=0)
+    data_parallel_size: int = Field(1, gt=0)
+    max_num_seqs: int = Field(64, gt=0, description="sequences the engine runs at once")
+    cpu_threads_bind: str | None = Field(
+        None, description="CPU only: VLLM_CPU_OMP_THREADS_BIND for this engine ('auto', 'nobind', '0', '0-3'); "
+        "default: engines take the machine's cores in turn, one each")
+
+
+class EffortBudgets(Strict):
+    """Thinking-token budget behind each `reasoning_effort` (−1 = unlimited); `none` is always 0."""
+
+    low: int = Field(16, ge=-1)
+    medium: int = Field(64, ge=-1)
+    high: int = Field(-1, ge=-1)
+
+    @model_validator(mode="after")
+    def _nested(self) -> "EffortBudgets":
+        order = [float("inf") if b == -1 else b for b in (self.low, self.medium, self.high)]
+        if order != sorted(order):
+            raise ValueError("effort budgets must be nested: low <= medium <= high")
+        return self
+
+
+class VariantConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    path: Path
+    engine: EngineConfig = EngineConfig()
+    efforts: EffortBudgets = EffortBudgets()
+    max_thinking_tokens: int = Field(-1, ge=-1, description="ceiling on any request's reasoning (−1: none)")
+    max_waiting: int = Field(256, ge=0, description="queued requests beyond max_num_seqs before 429")
+
+    @model_validator(mode="after")
+    def _not_auto(self) -> "VariantConfig":
+        if self.name == "auto":
+            raise ValueError("'auto' is reserved for routing")
+        return self
+
+
+class AutoRule(Strict):
+    max_budget: int = Field(ge=0, description="requests with a thinking budget up to this go to `variant`")
+    variant: str
+
+
+class AutoPolicy(Strict):
+    """`model: auto` without a calibration file: the first rule whose max_budget covers the request's
+    budget picks the variant; unbudgeted requests (and budgets above every rule) go to `default`."""
+
+    rules: list[AutoRule] = []
+    default: str | None = None
+
+
+class ServerConfig(Strict):
+    variants: list[VariantConfig] = []
+    defaults: VariantConfig | None = None  # engine/effort settings for variants found in the models dir
+    auto: AutoPolicy = AutoPolicy()
+    reasoning_start: str = "<think>"
+    reasoning_end: str = "</think>"
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
+
+    @classmethod
+    def load(cls, path: str | Path | None, models_dir: str | Path | None) -> "ServerConfig":
+        raw = yaml.safe_load(Path(path).read_text()) if path else {}
+        raw = raw or {}
+        defaults = raw.pop("defaults", None) or {}
+        config = cls.model_validate({**raw, "defaults": None})
+        named = {variant.name for variant in config.variants}
+        if models_dir is not None:
+            for name, model_path in find_models(models_dir).items():
+                role = (read_card(model_path) or {}).get("role")
+                if name not in named and role != "base":
+                    config.variants.append(VariantConfig.model_validate({**defaults, "name": name, "path": model_path}))
+        config._check()
+        return config
+
+    def _check(self) -> None:
+        names = [variant.name for variant in self.variants]
+        if len(names) != len(set(names)):
+            raise ValueError(f"variant names repeat: {names}")
+        for variant in self.variants:
+            if not (variant.path / "config.json").is_file():
+                raise ValueError(f"variant {variant.name}: no model at {variant.path}")
+        for target in [rule.variant for rule in self.auto.rules] + [self.auto.default]:
+            if target is not None and target not in names:
+                raise ValueError(f"auto policy names {target!r}, which is not a hosted variant ({names})")
+
+    def variant(self, name: str) -> VariantConfig | None:
+        return next((variant for variant in self.variants if variant.name == name), None)

@@ -1,0 +1,160 @@
+"""One vLLM engine per hosted variant: the only module of the server that touches vLLM.
+
+`VariantEngine.stream` yields `Chunk`s (reasoning and answer text deltas with running token counts) for one
+request; cancelling the iteration (a client that went away) aborts the request inside the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from l2s.reasoning import ReasoningMarkers, ReasoningStream
+from server.config import VariantConfig
+
+
+@dataclass
+class Chunk:
+    reasoning: str
+    answer: str
+    reasoning_tokens: int
+    answer_tokens: int
+    completion_tokens: int
+    finish_reason: str | None  # set on the last chunk of a choice
+
+
+@dataclass
+class GenerationParams:
+    max_tokens: int
+    thinking_token_budget: int | None
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None
+    stop: list[str]
+    presence_penalty: float
+    frequency_penalty: float
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+class VariantEngine:
+    def __init__(self, variant: VariantConfig, markers: ReasoningMarkers, position: int = 0):
+        self.variant = variant
+        self.position = position  # this engine's place among the server's engines (for CPU binding)
+        self.markers = markers
+        self.engine = None
+        self.tokenizer = None
+        self.start_id = self.end_id = -1
+        self.in_flight = 0  # requests admitted and not finished (running + waiting in the engine)
+
+    @property
+    def name(self) -> str:
+        return self.variant.name
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
+
+    @property
+    def running(self) -> int:
+        return min(self.in_flight, self.variant.engine.max_num_seqs)
+
+    @property
+    def waiting(self) -> int:
+        return max(0, self.in_flight - self.variant.engine.max_num_seqs)
+
+    def has_room(self) -> bool:
+        return self.in_flight < self.variant.engine.max_num_seqs + self.variant.max_waiting
+
+    async def start(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        settings = self.variant.engine
+        # The engine's worker process is spawned now and reads these from the environment it inherits.
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = settings.cpu_threads_bind or str(self.position % (os.cpu_count() or 1))
+        args = AsyncEngineArgs(
+            model=str(self.variant.path),
+            served_model_name=[self.variant.name],
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            max_num_seqs=settings.max_num_seqs,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            data_parallel_size=settings.data_parallel_size,
+            reasoning_config={"reasoning_start_str": self.markers.start, "reasoning_end_str": self.markers.end},
+            enable_prefix_caching=True,
+            disable_log_stats=True,
+            **({"gpu_memory_utilization": settings.gpu_memory_utilization} if _cuda_available() else {}),
+        )
+        # Building the engine blocks (it starts worker processes and loads weights): keep the loop free.
+        engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        self.tokenizer = engine.get_tokenizer()
+        self.start_id = self.tokenizer.convert_tokens_to_ids(self.markers.start)
+        self.end_id = self.tokenizer.convert_tokens_to_ids(self.markers.end)
+        self.engine = engine
+
+    def shutdown(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        return list(
+            self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        )
+
+    async def stream(self, request_id: str, prompt_ids: list[int], params: GenerationParams,
+                     n: int = 1) -> AsyncIterator[tuple[int, Chunk]]:
+        """Yield (choice index, chunk) as the engine produces tokens, for `n` choices."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        sampling = SamplingParams(
+            n=n,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            seed=params.seed,
+            stop=params.stop or None,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            thinking_token_budget=params.thinking_token_budget,
+            output_kind=RequestOutputKind.DELTA,
+            skip_special_tokens=True,
+        )
+        splitters = [ReasoningStream(self.start_id, self.end_id, self.markers) for _ in range(n)]
+        generated = [0] * n  # every generated token, end-of-sequence included (as vLLM's own usage counts)
+        self.in_flight += 1
+        try:
+            async for output in self.engine.generate({"prompt_token_ids": prompt_ids}, sampling, request_id):
+                for choice in output.outputs:
+                    splitter = splitters[choice.index]
+                    generated[choice.index] += len(choice.token_ids)
+                    token_ids = [t for t in choice.token_ids if t != self.tokenizer.eos_token_id]
+                    reasoning, answer = splitter.feed(choice.text, token_ids)
+                    if choice.finish_reason is not None:
+                        tail_reasoning, tail_answer = splitter.flush()
+                        reasoning, answer = reasoning + tail_reasoning, answer + tail_answer
+                    split = splitter.split
+                    yield choice.index, Chunk(
+                        reasoning=reasoning,
+                        answer=answer,
+                        reasoning_tokens=split.reasoning_tokens,
+                        answer_tokens=split.answer_tokens,
+                        completion_tokens=generated[choice.index],
+                        finish_reason=choice.finish_reason,
+                    )
+        finally:
+            self.in_flight -= 1

@@ -1,0 +1,73 @@
+"""HTTP routes: parse, call the service on `app.state`, return JSON or SSE. Nothing else lives here."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from l2s.cards import read_card
+from server.errors import APIError
+from server.protocol import ChatCompletionRequest, now
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    service = request.app.state.service
+    if service.draining:
+        return JSONResponse({"status": "shutting_down"}, status_code=503)
+    if not service.ready:
+        return JSONResponse({"status": "loading"}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict:
+    service = request.app.state.service
+    calibration = service.calibration.source.get("variants", {}) if service.calibration else {}
+    data = []
+    for name, engine in service.engines.items():
+        card = read_card(engine.variant.path) or {}
+        data.append({
+            "id": name,
+            "object": "model",
+            "created": now(),
+            "owned_by": "long2short",
+            "max_model_len": engine.variant.engine.max_model_len,
+            "card": {key: card.get(key) for key in ("role", "method", "parents", "evaluation", "recipe_hash")},
+            "calibration": calibration.get(name),
+        })
+    data.append({"id": "auto", "object": "model", "created": now(), "owned_by": "long2short",
+                 "card": {"role": "router", "method": "auto"}})
+    return {"object": "list", "data": data}
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    service = request.app.state.service
+    plan = service.plan(body)
+    if body.stream:
+        return StreamingResponse(service.stream(body, plan), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    return JSONResponse(await _unless_disconnected(request, service.complete(body, plan)))
+
+
+async def _unless_disconnected(request: Request, work):
+    """Run `work`, cancelling it (and so aborting the generation in the engine) if the client goes away."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.25)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            raise APIError(499, "client closed the request", code="client_closed")

@@ -1,0 +1,231 @@
+"""The chat service behind the routes: picks the variant, resolves budgets, runs the engine, shapes the
+OpenAI response (whole or as server-sent events), and records metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from l2s.reasoning import ReasoningMarkers
+from server.budgets import Calibration, choose_variant, effective_budget
+from server.config import ServerConfig
+from server.engine import Chunk, GenerationParams, VariantEngine
+from server.errors import APIError, sse_error
+from server.metrics import ServerMetrics
+from server.protocol import ChatCompletionRequest, completion_id, delta, message, now, usage
+
+
+@dataclass
+class Plan:
+    """What one request will run: on which engine, with which prompt and parameters."""
+
+    engine: VariantEngine
+    prompt_ids: list[int]
+    params: GenerationParams
+    budget: int | None
+    n: int
+
+
+class ChatService:
+    def __init__(self, config: ServerConfig, calibration: Calibration | None = None):
+        self.config = config
+        self.calibration = calibration
+        self.markers = ReasoningMarkers(config.reasoning_start, config.reasoning_end)
+        self.engines = {
+            variant.name: VariantEngine(variant, self.markers, position)
+            for position, variant in enumerate(config.variants)
+        }
+        self.metrics = ServerMetrics()
+        for name, engine in self.engines.items():  # read at scrape time, so they are never stale
+            self.metrics.running.labels(name).set_function(lambda engine=engine: engine.running)
+            self.metrics.waiting.labels(name).set_function(lambda engine=engine: engine.waiting)
+        self.draining = False
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        for engine in self.engines.values():  # one at a time: engines starting together fight for the CPU
+            await engine.start()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.engines) and all(engine.ready for engine in self.engines.values())
+
+    @property
+    def in_flight(self) -> int:
+        return sum(engine.in_flight for engine in self.engines.values())
+
+    def shutdown(self) -> None:
+        for engine in self.engines.values():
+            engine.shutdown()
+
+    # --- planning ----------------------------------------------------------------------------------------------
+    def plan(self, request: ChatCompletionRequest) -> Plan:
+        if self.draining:
+            raise APIError(503, "the server is shutting down", code="shutting_down", retry_after=5)
+        if not self.ready:
+            raise APIError(503, "the models are still loading", code="not_ready", retry_after=5)
+        name = request.model
+        if name == "auto":
+            name = choose_variant(self.config, request.requested_budget(), request.effort(), self.calibration)
+        engine = self.engines.get(name)
+        if engine is None:
+            raise APIError(404, f"The model '{request.model[:100]}' does not exist", code="model_not_found",
+                           param="model")
+        if not engine.has_room():
+            self.metrics.refused.labels(name).inc()
+            raise APIError(429, f"too many requests waiting for '{name}'", code="queue_full", retry_after=1)
+        variant = engine.variant
+        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+        prompt_ids = engine.prompt_ids(messages)
+        context = variant.engine.max_model_len
+        room = context - len(prompt_ids)
+        max_tokens = request.max_output_tokens()
+        if room <= 0 or (max_tokens is not None and max_tokens > room):
+            asked = max_tokens if max_tokens is not None else 1
+            raise APIError(
+                400,
+                f"This model's maximum context length is {context} tokens. However, you requested "
+                f"{len(prompt_ids) + asked} tokens ({len(prompt_ids)} in the messages, {asked} in the completion).",
+                code="context_length_exceeded", param="messages",
+            )
+        budget = effective_budget(variant, request.requested_budget(), request.effort(), self.calibration)
+        stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+        params = GenerationParams(
+            max_tokens=max_tokens if max_tokens is not None else room,
+            thinking_token_budget=budget,
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            top_k=-1 if request.top_k in (None, 0) else request.top_k,
+            seed=request.seed,
+            stop=stop,
+            presence_penalty=request.presence_penalty or 0.0,
+            frequency_penalty=request.frequency_penalty or 0.0,
+        )
+        return Plan(engine=engine, prompt_ids=prompt_ids, params=params, budget=budget, n=request.n)
+
+    # --- running ------------------------------------------------------------------------------------------------
+    async def complete(self, request: ChatCompletionRequest, plan: Plan) -> dict:
+        """A whole (non-streaming) chat completion."""
+        state = _Tracker(self, plan)
+        texts = [["", ""] for _ in range(plan.n)]
+        finals: list[Chunk | None] = [None] * plan.n
+        try:
+            async for index, chunk in plan.engine.stream(completion_id(), plan.prompt_ids, plan.params, plan.n):
+                state.observe(chunk)
+                texts[index][0] += chunk.reasoning
+                texts[index][1] += chunk.answer
+                if chunk.finish_reason is not None:
+                    finals[index] = chunk
+        except BaseException:
+            state.finish(ok=False)
+            raise
+        choices = []
+        for index, final in enumerate(finals):
+            reasoning, answer = texts[index]
+            choices.append({
+                "index": index,
+                "message": message(answer, reasoning if request.include_reasoning else None),
+                "logprobs": None,
+                "finish_reason": final.finish_reason if final else "stop",
+                "reasoning_truncated": _truncated(final, plan.budget),
+            })
+        state.finish(ok=True, finals=finals)
+        return {
+            "id": completion_id(),
+            "object": "chat.completion",
+            "created": now(),
+            "model": plan.engine.name,
+            "choices": choices,
+            "usage": _usage(plan, finals),
+        }
+
+    async def stream(self, request: ChatCompletionRequest, plan: Plan) -> AsyncIterator[str]:
+        """Server-sent events of a streaming chat completion, ending with `data: [DONE]`."""
+        state = _Tracker(self, plan)
+        identifier, created = completion_id(), now()
+
+        def event(choices: list[dict], usage_block: dict | None = None) -> str:
+            body = {"id": identifier, "object": "chat.completion.chunk", "created": created,
+                    "model": plan.engine.name, "choices": choices}
+            if usage_block is not None:
+                body["usage"] = usage_block
+            return f"data: {json.dumps(body)}\n\n"
+
+        finals: list[Chunk | None] = [None] * plan.n
+        ok = False
+        try:
+            for index in range(plan.n):
+                yield event([{"index": index, "delta": delta(answer="", role=True) | {"content": ""},
+                              "logprobs": None, "finish_reason": None}])
+            async for index, chunk in plan.engine.stream(identifier, plan.prompt_ids, plan.params, plan.n):
+                state.observe(chunk)
+                reasoning = chunk.reasoning if request.include_reasoning else ""
+                choice = {"index": index, "delta": delta(chunk.answer, reasoning), "logprobs": None,
+                          "finish_reason": chunk.finish_reason}
+                if chunk.finish_reason is not None:
+                    finals[index] = chunk
+                    choice["reasoning_truncated"] = _truncated(chunk, plan.budget)
+                if choice["delta"] or chunk.finish_reason is not None:
+                    yield event([choice])
+            if request.stream_options and request.stream_options.include_usage:
+                yield event([], _usage(plan, finals))
+            ok = True
+        except APIError as error:
+            yield sse_error(error)
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception:  # the engine failed mid-stream: tell the client in-band, then end the stream
+            yield sse_error(APIError(500, "generation failed", code="internal_error"))
+        finally:
+            state.finish(ok=ok, finals=finals)
+        yield "data: [DONE]\n\n"
+
+
+def _truncated(final: Chunk | None, budget: int | None) -> bool:
+    """Whether the budget ended the reasoning: it reached the cap (vLLM then forces the end marker)."""
+    return final is not None and budget is not None and final.reasoning_tokens >= budget
+
+
+def _usage(plan: Plan, finals: list[Chunk | None]) -> dict:
+    done = [final for final in finals if final is not None]
+    return usage(
+        prompt_tokens=len(plan.prompt_ids),
+        completion_tokens=sum(final.completion_tokens for final in done),
+        reasoning_tokens=sum(final.reasoning_tokens for final in done),
+    )
+
+
+class _Tracker:
+    """Timing and token metrics of one request."""
+
+    def __init__(self, service: ChatService, plan: Plan):
+        self.metrics, self.plan, self.name = service.metrics, plan, plan.engine.name
+        self.started = time.perf_counter()
+        self.first_token = self.first_answer = False
+        self.done = False
+
+    def observe(self, chunk: Chunk) -> None:
+        elapsed = time.perf_counter() - self.started
+        if not self.first_token and chunk.completion_tokens:
+            self.first_token = True
+            self.metrics.time_to_first_token.labels(self.name).observe(elapsed)
+        if not self.first_answer and chunk.answer_tokens:
+            self.first_answer = True
+            self.metrics.time_to_first_answer_token.labels(self.name).observe(elapsed)
+
+    def finish(self, ok: bool, finals: list[Chunk | None] | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.metrics.requests.labels(self.name, "200" if ok else "499").inc()
+        self.metrics.latency.labels(self.name).observe(time.perf_counter() - self.started)
+        for final in finals or []:
+            if final is None:
+                continue
+            self.metrics.reasoning_tokens.labels(self.name).observe(final.reasoning_tokens)
+            self.metrics.answer_tokens.labels(self.name).observe(final.answer_tokens)
+            if _truncated(final, self.plan.budget):
+                self.metrics.budget_cuts.labels(self.name).inc()

@@ -1,0 +1,69 @@
+import random
+
+import pytest
+
+from l2s.lab.task import LEVELS, Problem, extract_answer, generate_problems, is_correct, parse_question, split_of
+from l2s.lab.traces import column_addition, completion, long_reasoning, short_reasoning
+from l2s.reasoning import split_text
+
+
+def test_generator_is_deterministic_and_splits_are_disjoint():
+    train = generate_problems("train", 3000, seed=0)
+    assert train == generate_problems("train", 3000, seed=0)
+    test = generate_problems("test", 500, seed=0)
+    validation = generate_problems("validation", 500, seed=0)
+    keys = [{p.terms for p in split} for split in (train, test, validation)]
+    assert not keys[0] & keys[1] and not keys[0] & keys[2] and not keys[1] & keys[2]
+    assert all(split_of(p.terms) == "test" for p in test)
+    assert len(keys[1]) == 500  # distinct within a split
+
+
+def test_levels_are_balanced_and_shaped():
+    problems = generate_problems("test", 400, seed=3)
+    for level, (terms, digits) in LEVELS.items():
+        of_level = [p for p in problems if p.level == level]
+        assert len(of_level) == 100
+        assert all(len(p.terms) == terms and all(len(str(t)) == digits for t in p.terms) for p in of_level)
+        assert all(p.answer == sum(p.terms) for p in of_level)
+
+
+def test_bad_split_or_level():
+    with pytest.raises(ValueError):
+        generate_problems("dev", 1)
+    with pytest.raises(ValueError):
+        generate_problems("test", 1, levels=(9,))
+
+
+def test_verifier():
+    problem = Problem(id="x", level=1, terms=(10, 20, 30), answer=60)
+    assert is_correct("The answer is 60.", problem)
+    assert is_correct("59? no: 60", problem)  # the last number counts
+    assert not is_correct("The answer is 61.", problem)
+    assert not is_correct("", problem)
+    assert extract_answer("1,234") == 1234
+    assert parse_question("What is 12 + 30+7?") == (12, 30, 7)
+    assert parse_question("hello") is None
+
+
+def test_column_addition():
+    assert column_addition(717, 198) == "717+198: 7+8=15, 1+9+1=11, 7+1+1=9, so 915."
+    assert column_addition(995, 7) == "995+7: 5+7=12, 9+0+1=10, 9+0+1=10, so 1002."
+
+
+def test_traces_are_correct_and_long_ones_vary():
+    problem = generate_problems("train", 4, seed=1, levels=(4,))[0]
+    rng = random.Random(0)
+    long_texts = [completion(problem, "long", rng) for _ in range(50)]
+    for text in long_texts + [completion(problem, "short", rng), completion(problem, "none", rng)]:
+        split = split_text(text)
+        assert split.closed and is_correct(split.answer, problem)
+    assert len({len(t) for t in long_texts}) > 5  # lengths vary across samples of one problem
+    assert min(len(t) for t in long_texts) < 0.6 * max(len(t) for t in long_texts)
+    assert split_text(completion(problem, "none", rng)).reasoning == ""
+    assert short_reasoning(problem).count(" = ") == len(problem.terms) - 1
+    assert short_reasoning(problem).endswith(f"= {problem.answer}")
+    # with no optional part, a long trace is the worked sum alone: one expression and one column line a step
+    from l2s.lab.traces import LongTraceOptions
+
+    bare = long_reasoning(problem, rng, LongTraceOptions(restate=0, check=0, redo=0)).splitlines()
+    assert len(bare) == 2 * (len(problem.terms) - 1) and bare[-1].endswith(f"so {problem.answer}.")
