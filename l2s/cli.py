@@ -49,6 +49,32 @@ def _add_serve(subparsers) -> None:
     serve.set_defaults(handler=server_cli.run)
 
 
+def _add_eval(subparsers) -> None:
+    from eval import cli as eval_cli  # argparse only
+
+    evaluate = subparsers.add_parser(
+        "eval",
+        help="accuracy x tokens x budget for every variant, with plots and a calibration",
+        description="Evaluate variants through an OpenAI-compatible API (--base-url) or offline on the vLLM engine "
+        "(--offline): accuracy with a 95%% interval, reasoning/answer tokens, tokens per correct answer, AES, "
+        "budget adherence; writes results.json, samples.jsonl, report.md and two plots to --out.",
+    )
+    eval_cli.add_arguments(evaluate)
+    evaluate.set_defaults(handler=eval_cli.run)
+
+
+def _add_distill(subparsers) -> None:
+    from distill import cli as distill_cli  # argparse only
+
+    distill = subparsers.add_parser(
+        "distill",
+        help="make short variants from a long-CoT model (merge, shortest, dpo)",
+        description="The k1.5 long2short methods. Each writes a Hugging Face model directory with card.json.",
+    )
+    distill_cli.add_arguments(distill)
+    distill.set_defaults(handler=distill_cli.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="l2s",
@@ -57,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_lab(subparsers)
     _add_serve(subparsers)
+    _add_eval(subparsers)
+    _add_distill(subparsers)
     return parser
 
 

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from l2s.cards import find_models, read_card
+from l2s.registry import registered_variants
 
 EFFORTS = ("none", "low", "medium", "high")
 
@@ -93,12 +94,13 @@ class ServerConfig(Strict):
         raw = raw or {}
         defaults = raw.pop("defaults", None) or {}
         config = cls.model_validate({**raw, "defaults": None})
+        found = dict(find_models(models_dir)) if models_dir is not None else {}
+        found.update({name: Path(path) for name, path in registered_variants().items() if Path(path).is_dir()})
         named = {variant.name for variant in config.variants}
-        if models_dir is not None:
-            for name, model_path in find_models(models_dir).items():
-                role = (read_card(model_path) or {}).get("role")
-                if name not in named and role != "base":
-                    config.variants.append(VariantConfig.model_validate({**defaults, "name": name, "path": model_path}))
+        for name, model_path in found.items():
+            role = (read_card(model_path) or {}).get("role")
+            if name not in named and role != "base":
+                config.variants.append(VariantConfig.model_validate({**defaults, "name": name, "path": model_path}))
         config._check()
         return config
 

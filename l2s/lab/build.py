@@ -39,10 +39,10 @@ class Strict(BaseModel):
 
 
 class ModelShape(Strict):
-    hidden_size: int = Field(192, gt=0)
-    num_hidden_layers: int = Field(4, gt=0)
+    hidden_size: int = Field(128, gt=0)
+    num_hidden_layers: int = Field(2, gt=0)
     num_attention_heads: int = Field(4, gt=0)
-    intermediate_size: int = Field(512, gt=0)
+    intermediate_size: int = Field(384, gt=0)
     max_position_embeddings: int = Field(1024, gt=0)
 
     @model_validator(mode="after")
@@ -61,7 +61,7 @@ class Stage(Strict):
 
 class BaseStage(Stage):
     # share of each trace style in the base's data
-    style_mix: dict[Literal["long", "short", "none"], float] = {"long": 0.5, "short": 0.3, "none": 0.2}
+    style_mix: dict[Literal["long", "short", "none"], float] = {"long": 0.75, "none": 0.25}
 
 
 class ShortStage(Stage):
@@ -69,7 +69,7 @@ class ShortStage(Stage):
 
 
 class LongTraces(Strict):
-    restate: float = Field(0.4, ge=0, le=1)
+    plan: float = Field(0.4, ge=0, le=1)
     check: float = Field(0.35, ge=0, le=1)
     redo: float = Field(0.25, ge=0, le=1)
 

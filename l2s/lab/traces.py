@@ -2,7 +2,7 @@
 
 - `long`: the expression rewritten step by step, every step worked column by column (ones first, the way a
   tiny model can get it right), with optional parts drawn at random per trace, so that long traces of one
-  problem differ in length the way real long-CoT samples do: a restatement of the problem, a check after a
+  problem differ in length the way real long-CoT samples do: a plan announced up front, a check after a
   step (the two numbers re-added in the other order), and the whole sum done again to be sure. The shortest
   long trace (no optional part) is what the long2short methods have to find.
 - `short`: the essential steps only, each sum written directly (`587+744+728+912 = 1331+728+912 = ...`).
@@ -26,7 +26,7 @@ STYLES = ("long", "short", "none")
 class LongTraceOptions:
     """Probabilities of the optional parts of a long trace (each drawn independently)."""
 
-    restate: float = 0.4
+    plan: float = 0.4  # announce the plan (no digits: a restated number is one more chance to copy it wrong)
     check: float = 0.35  # re-add a step's two numbers in the other order
     redo: float = 0.25  # add everything again from the start, to be sure
 
@@ -70,8 +70,8 @@ def worked_sum(terms: tuple[int, ...], rng: random.Random | None, check: float =
 
 def long_reasoning(problem: Problem, rng: random.Random, options: LongTraceOptions = LongTraceOptions()) -> str:
     lines = []
-    if rng.random() < options.restate:
-        lines.append("We need to add " + ", ".join(map(str, problem.terms[:-1])) + f" and {problem.terms[-1]}.")
+    if rng.random() < options.plan:
+        lines.append(f"Let me add the {len(problem.terms)} numbers one step at a time.")
     lines.extend(worked_sum(problem.terms, rng, options.check))
     if rng.random() < options.redo:
         lines.append("Let me add it again to be sure.")

@@ -100,8 +100,7 @@ def train(
             group["lr"] = _learning_rate(step, settings)
         loss = model(**batch).loss
         loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), float(__import__("os").environ.get("CLIP", "1.0")))
-        if step % 50 == 0: print("gradnorm", float(gn))
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())

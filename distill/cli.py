@@ -1,0 +1,126 @@
+"""`l2s distill {merge,shortest,dpo}`: make short variants from a long-CoT model.
+
+Each reads an optional YAML recipe (`--recipe configs/distill/NAME.yaml`); flags override it; the recipe is
+validated before any weights load. Outputs are Hugging Face model directories with `card.json`, written
+atomically. `--register` adds the result to the server's registry so `l2s serve` hosts it next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _common(parser: argparse.ArgumentParser, recipe_name: str) -> None:
+    parser.add_argument("--recipe", default=None,
+                        help=f"YAML recipe (the lab variant's: configs/distill/{recipe_name}.yaml); flags override it")
+    parser.add_argument("--out", required=True, help="output model directory")
+    parser.add_argument("--register", action="store_true",
+                        help="add the result to configs/registered_variants.yaml, so `l2s serve` hosts it")
+    parser.add_argument("--seed", type=int, default=None)
+
+
+def _sampling(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="the long-CoT model directory to start from")
+    parser.add_argument("--k", type=int, default=None, help="samples per problem (default 8)")
+    parser.add_argument("--num-problems", type=int, default=None, help="training problems to sample on")
+    parser.add_argument("--max-tokens", type=int, default=None, help="sampling cap per response")
+    parser.add_argument("--epochs", type=float, default=None)
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    methods = parser.add_subparsers(dest="method", required=True, metavar="METHOD")
+    merge = methods.add_parser("merge", help="average a long and a short model's weights (mergekit)",
+                               description="Merge a long-CoT and a short-CoT model with mergekit (k1.5 model merging).")
+    merge.add_argument("--long", default=None, help="the long-CoT model directory")
+    merge.add_argument("--short", default=None, help="the short-CoT model directory")
+    merge.add_argument("--method", dest="merge_method", default=None,
+                       choices=["linear", "ties", "dare_ties", "slerp", "task_arithmetic"], help="default: linear")
+    weights = merge.add_mutually_exclusive_group()
+    weights.add_argument("--weight", type=float, default=None, help="weight of the long model (default 0.5)")
+    weights.add_argument("--sweep", default=None, help="comma-separated weights: one model per weight")
+    merge.add_argument("--base", default=None, help="shared ancestor for ties/dare_ties/task_arithmetic")
+    merge.add_argument("--eval", action="store_true", help="evaluate the merged model(s) on the lab (offline)")
+    merge.add_argument("--eval-problems", type=int, default=200, help="problems for --eval (default: %(default)s)")
+    _common(merge, "merge")
+    merge.set_defaults(method_handler=_merge)
+
+    shortest = methods.add_parser("shortest", help="shortest rejection sampling + SFT (TRL)",
+                                  description="Fine-tune the long model on its own shortest correct samples.")
+    _sampling(shortest)
+    _common(shortest, "shortest")
+    shortest.set_defaults(method_handler=_shortest)
+
+    dpo = methods.add_parser("dpo", help="DPO on shortest-vs-longer pairs (TRL)",
+                             description="DPO with chosen = shortest correct, rejected = wrong and longer or "
+                             "correct and >= 1.5x longer; the long model is the reference.")
+    _sampling(dpo)
+    dpo.add_argument("--beta", type=float, default=None)
+    _common(dpo, "dpo")
+    dpo.set_defaults(method_handler=_dpo)
+
+
+def register(model_dirs: list[Path]) -> None:
+    from l2s.registry import register_variant
+
+    for model_dir in model_dirs:
+        register_variant(model_dir.name, model_dir)
+        print(f"registered {model_dir.name}: `l2s serve` hosts it next start")
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from distill.merge import MergeRecipe, run
+
+    sweep = [float(w) for w in args.sweep.split(",")] if args.sweep else None
+    recipe = MergeRecipe.load(args.recipe, {"long": args.long, "short": args.short, "method": args.merge_method,
+                                            "weight": args.weight, "sweep": sweep, "base": args.base,
+                                            "seed": args.seed})
+    out = Path(args.out)
+    outputs = run(recipe, out)
+    if args.eval:
+        from eval.cli import evaluate
+
+        evaluate(argparse.Namespace(
+            models=[recipe.long, *map(str, outputs), recipe.short], base_url=None, offline=True, task="lab",
+            budgets="none", efforts="", samples=1, temperature=None, num_problems=args.eval_problems,
+            max_tokens=768, reference=Path(recipe.long).name, concurrency=1, api_key="unused", seed=0,
+            calibrate=False, out=str(out.parent / f"{out.name}-eval")))
+    if args.register:
+        register(outputs)
+    return 0
+
+
+def _trained(args: argparse.Namespace, module: str, recipe_class: str, extra: dict) -> int:
+    import importlib
+
+    method = importlib.import_module(f"distill.{module}")
+    recipe = getattr(method, recipe_class).load(args.recipe, {
+        "model": args.model, "k": args.k, "num_problems": args.num_problems, "max_tokens": args.max_tokens,
+        "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate, "seed": args.seed, **extra})
+    output = method.run(recipe, Path(args.out))
+    if args.register:
+        register([output])
+    return 0
+
+
+def _shortest(args: argparse.Namespace) -> int:
+    return _trained(args, "shortest", "ShortestRecipe", {})
+
+
+def _dpo(args: argparse.Namespace) -> int:
+    return _trained(args, "dpo", "DPORecipe", {"beta": args.beta})
+
+
+def run(args: argparse.Namespace) -> int:
+    from distill.recipe import RecipeError
+
+    try:
+        return args.method_handler(args)
+    except RecipeError as error:
+        raise SystemExit(str(error)) from None

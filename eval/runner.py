@@ -1,0 +1,196 @@
+"""Run an evaluation: every model × condition (budget or effort) × problem × sample, through an
+OpenAI-compatible API (the official `openai` client, concurrently, streamed so time-to-first-token is measured)
+or offline on the vLLM engine (`l2s.generation`). Both write the same sample records to `samples.jsonl`, one
+line per completion as it finishes, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from tqdm.auto import tqdm
+
+from eval.tasks import EvalProblem
+from l2s.reasoning import split_text
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A budget (None = unbudgeted) or an effort level under which a model is evaluated."""
+
+    budget: int | None = None
+    effort: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.effort is not None:
+            return f"effort:{self.effort}"
+        return "none" if self.budget is None else str(self.budget)
+
+
+@dataclass
+class EvalSettings:
+    models: list[str]
+    problems: list[EvalProblem]
+    conditions: list[Condition]
+    samples: int = 1
+    temperature: float = 0.0
+    max_tokens: int = 512
+    seed: int = 0
+    concurrency: int = 16
+    base_url: str | None = None
+    api_key: str = "unused"
+    extra: dict = field(default_factory=dict)
+
+
+def model_name(model: str) -> str:
+    """A model's name in results: a directory's basename (offline), or the served name (API)."""
+    path = Path(model)
+    return path.name if path.exists() else model
+
+
+def sample_key(record: dict) -> tuple:
+    return (record["model"], record["condition"], record["problem_id"], record["sample"])
+
+
+def load_done(samples_path: Path) -> dict[tuple, dict]:
+    done = {}
+    if samples_path.is_file():
+        for line in samples_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut off by an interruption: that sample runs again
+            done[sample_key(record)] = record
+    return done
+
+
+def _todo(settings: EvalSettings, model: str, condition: Condition, done: dict) -> list[tuple[EvalProblem, int]]:
+    name = model_name(model)
+    return [
+        (problem, index)
+        for problem in settings.problems
+        for index in range(settings.samples)
+        if (name, condition.label, problem.id, index) not in done
+    ]
+
+
+def _record(model: str, condition: Condition, problem: EvalProblem, index: int, reasoning: str, answer: str,
+            reasoning_tokens: int, answer_tokens: int, **timing) -> dict:
+    return {
+        "model": model_name(model), "condition": condition.label, "budget": condition.budget,
+        "effort": condition.effort, "problem_id": problem.id, "level": problem.level, "sample": index,
+        "correct": problem.verify(answer), "reasoning_tokens": reasoning_tokens, "answer_tokens": answer_tokens,
+        "answer": answer, "reasoning": reasoning, **timing,
+    }
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def run_offline(settings: EvalSettings, samples_path: Path) -> None:
+    """Generate on the vLLM engine directly, one engine per model, batches of problems at a time."""
+    from l2s.generation import close_engine, generate, open_engine
+
+    done = load_done(samples_path)
+    total = len(settings.models) * len(settings.conditions) * len(settings.problems) * settings.samples
+    progress = tqdm(total=total, initial=len(done), desc="eval (offline)", unit="sample", dynamic_ncols=True)
+    with samples_path.open("a") as out:
+        for model in settings.models:
+            pending = {condition: _todo(settings, model, condition, done) for condition in settings.conditions}
+            if not any(pending.values()):
+                continue
+            engine = open_engine(model)
+            try:
+                for condition, todo in pending.items():
+                    problems = list(dict.fromkeys(problem for problem, _ in todo))
+                    for batch in _chunks(problems, 128):
+                        groups = generate(engine, [p.question for p in batch], num_samples=settings.samples,
+                                          temperature=settings.temperature, max_tokens=settings.max_tokens,
+                                          thinking_token_budget=condition.budget, seed=settings.seed, progress=False)
+                        for problem, group in zip(batch, groups):
+                            for index, sample in enumerate(group):
+                                if (model_name(model), condition.label, problem.id, index) in done:
+                                    continue
+                                record = _record(model, condition, problem, index, sample.reasoning_text,
+                                                 sample.answer_text, sample.reasoning_tokens, sample.answer_tokens)
+                                out.write(json.dumps(record) + "\n")
+                                progress.update(1)
+                        out.flush()
+            finally:
+                close_engine(engine)
+    progress.close()
+
+
+async def _one_api_request(client, settings: EvalSettings, model: str, condition: Condition,
+                           problem: EvalProblem, index: int) -> dict:
+    extra_body = dict(settings.extra)
+    kwargs = {}
+    if condition.budget is not None:
+        extra_body["thinking_token_budget"] = condition.budget
+    if condition.effort is not None:
+        kwargs["reasoning_effort"] = condition.effort
+    started = time.perf_counter()
+    ttft = ttfa = None
+    reasoning, answer, usage = "", "", None
+    stream = await client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": problem.question}], stream=True,
+        stream_options={"include_usage": True}, temperature=settings.temperature, max_tokens=settings.max_tokens,
+        seed=settings.seed + index, extra_body=extra_body, **kwargs,
+    )
+    async for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            extra = choice.delta.model_extra or {}
+            piece = extra.get("reasoning_content") or extra.get("reasoning") or ""
+            if (piece or choice.delta.content) and ttft is None:
+                ttft = time.perf_counter() - started
+            if choice.delta.content and ttfa is None:
+                ttfa = time.perf_counter() - started
+            reasoning += piece
+            answer += choice.delta.content or ""
+    latency = time.perf_counter() - started
+    if not reasoning and "</think>" in answer:  # a server without a reasoning parser: split it here
+        split = split_text(answer)
+        reasoning, answer = split.reasoning, split.answer
+    details = getattr(usage, "completion_tokens_details", None) if usage else None
+    reasoning_tokens = getattr(details, "reasoning_tokens", None) if details else None
+    if reasoning_tokens is None:
+        raise RuntimeError("the server did not report usage.completion_tokens_details.reasoning_tokens")
+    return _record(model, condition, problem, index, reasoning, answer, reasoning_tokens,
+                   usage.completion_tokens - reasoning_tokens, ttft=ttft, ttfa=ttfa, latency=latency)
+
+
+async def _run_api(settings: EvalSettings, samples_path: Path) -> None:
+    from openai import AsyncOpenAI
+
+    done = load_done(samples_path)
+    work = [(model, condition, problem, index) for model in settings.models for condition in settings.conditions
+            for problem, index in _todo(settings, model, condition, done)]
+    total = len(settings.models) * len(settings.conditions) * len(settings.problems) * settings.samples
+    progress = tqdm(total=total, initial=total - len(work), desc="eval (api)", unit="sample", dynamic_ncols=True)
+    client = AsyncOpenAI(base_url=settings.base_url, api_key=settings.api_key, max_retries=3, timeout=600)
+    limit = asyncio.Semaphore(settings.concurrency)
+    with samples_path.open("a") as out:
+        async def run(item):
+            async with limit:
+                record = await _one_api_request(client, settings, *item)
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+            progress.update(1)
+
+        await asyncio.gather(*(run(item) for item in work))
+    await client.close()
+    progress.close()
+
+
+def run_api(settings: EvalSettings, samples_path: Path) -> None:
+    asyncio.run(_run_api(settings, samples_path))
