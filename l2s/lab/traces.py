@@ -28,7 +28,7 @@ class LongTraceOptions:
 
     plan: float = 0.4  # announce the plan (no digits: a restated number is one more chance to copy it wrong)
     check: float = 0.35  # re-add a step's two numbers in the other order
-    redo: float = 0.25  # add everything again from the start, to be sure
+    redo: float = 0.3  # add everything again from the start, to be sure
 
 
 def column_addition(left: int, right: int) -> str:

@@ -1,0 +1,359 @@
+"""`l2s distill rl`: k1.5's online policy mirror descent with the length penalty (SPEC §3.1).
+
+    l2s distill rl --model models/lab-long --out models/lab-rl --recipe configs/distill/rl.yaml [--resume]
+
+Each iteration i, top to bottom in `run`:
+
+  1. The current policy becomes the reference π_θi. The vLLM engine holds exactly these weights (pushed into
+     it in place at the end of the previous iteration), so samples come from π_θi.
+  2. Draw problems (curriculum by level, prioritised by 1 − running success rate) and sample k responses each.
+     With partial rollouts, each iteration generates at most `rollout_tokens` per response; unfinished ones
+     are stored and continued next iteration, and a problem trains once all its k responses are complete.
+  3. Reward r_j = correct_j + w · length_reward_j, the length reward within the problem's own k samples
+     (w = 0 during the warm-up). Baseline r̄ = mean_j r_j (or τ·log mean exp(r_j/τ)).
+  4. A fresh optimiser (k1.5 resets it every iteration), then gradient steps on
+
+         L(θ) = 1/(2τ) · mean_x mean_j ( r_j − r̄ − τ · (log π_θ(y_j|x) − log π_θi(y_j|x)) )²
+
+     whose negative gradient per problem is exactly SPEC's
+         (1/k) Σ_j [ ∇log π_θ(y_j|x) · (r_j − r̄) − (τ/2) · ∇( log π_θ(y_j|x)/π_θi(y_j|x) )² ].
+     log π is of the whole response (a sum over its tokens, no per-token normalisation). No value network,
+     no clipping.
+  5. Push θ into the engine (it becomes π_θ(i+1)), write a complete checkpoint atomically, log the metrics.
+
+The optimiser reset makes resuming exact: a checkpoint is the weights plus a small JSON state (iteration,
+running success rates, stored partial rollouts, random state), and `--resume` continues from the last one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from distill.recipe import Recipe
+from distill.rewards import baseline, total_rewards
+from l2s.cards import atomic_model_dir, new_card, write_card
+from l2s.lab.task import Problem, generate_problems, is_correct
+from l2s.reasoning import split_text
+
+WORK_DIR = Path("runs") / "rl"
+
+
+class RLRecipe(Recipe):
+    model: str
+    iterations: int = Field(10, ge=1)
+    problems_per_iteration: int = Field(64, ge=1)
+    k: int = Field(8, ge=2)
+    tau: float = Field(0.5, gt=0, description="KL regulariser τ")
+    length_weight: float = Field(1.0, ge=0, description="w, the weight of the length reward")
+    length_warmup_iterations: int = Field(2, ge=0, description="iterations without the length reward")
+    max_tokens: int = Field(512, ge=1, description="maximum rollout length (lower it for long2short)")
+    baseline: Literal["mean", "logmeanexp"] = "mean"
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs_per_iteration: int = Field(2, ge=1)
+    minibatch_problems: int = Field(8, ge=1)
+    curriculum: bool = True
+    prioritized: bool = True
+    pool_size: int = Field(4000, ge=1, description="training problems to draw from")
+    partial_rollouts: bool = False
+    rollout_tokens: int = Field(128, ge=1, description="with partial rollouts: tokens per response per iteration")
+    temperature: float = Field(1.0, gt=0)
+    seed: int = 0
+
+
+# --- the loss ----------------------------------------------------------------------------------------------
+
+def opmd_loss(logprobs: torch.Tensor, reference_logprobs: torch.Tensor, rewards: torch.Tensor,
+              baselines: torch.Tensor, tau: float) -> torch.Tensor:
+    """1/(2τ) · mean_j (r_j − r̄ − τ·(log π_θ − log π_θi))² over a batch of samples (each row one response,
+    `baselines` holding its problem's r̄). Its negative gradient is SPEC §3.1's, averaged over the batch."""
+    log_ratio = logprobs - reference_logprobs
+    return ((rewards - baselines - tau * log_ratio) ** 2).mean() / (2 * tau)
+
+
+def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> torch.Tensor:
+    """log π(completion | prompt) of each pair: the sum of its tokens' log-probabilities."""
+    sequences = [p + c for p, c in zip(prompts, completions)]
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.bool)  # which next-token predictions count
+    for row, (prompt, sequence) in enumerate(zip(prompts, sequences)):
+        input_ids[row, : len(sequence)] = torch.tensor(sequence)
+        attention[row, : len(sequence)] = 1
+        mask[row, len(prompt): len(sequence)] = True
+    logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (token_logprobs * mask[:, 1:]).sum(dim=1)
+
+
+# --- problems: curriculum and prioritised sampling ------------------------------------------------------------
+
+@dataclass
+class RunState:
+    """Everything besides the weights that an iteration changes (saved with each checkpoint)."""
+
+    iteration: int = 0
+    success: dict[str, list[float]] = field(default_factory=dict)  # problem id -> [successes, attempts]
+    pending: list[dict] = field(default_factory=list)  # partial rollouts waiting to be continued
+    history: list[dict] = field(default_factory=list)
+
+
+def choose_problems(pool: list[Problem], recipe: RLRecipe, state: RunState, rng: random.Random) -> list[Problem]:
+    """Curriculum: levels open up from easy to hard across the run. Prioritised: draw without replacement
+    with probability ∝ 1 − running success rate (unseen problems count as 0.5)."""
+    candidates = pool
+    if recipe.curriculum:
+        levels = sorted({p.level for p in pool})
+        opened = 1 + (len(levels) - 1) * state.iteration // max(1, recipe.iterations - 1)
+        candidates = [p for p in pool if p.level in levels[:opened]]
+    busy = {rollout["problem_id"] for rollout in state.pending}
+    candidates = [p for p in candidates if p.id not in busy]
+    wanted = min(recipe.problems_per_iteration, len(candidates))
+    if not recipe.prioritized:
+        return rng.sample(candidates, wanted)
+    weights = []
+    for problem in candidates:
+        wins, tries = state.success.get(problem.id, [0.0, 0.0])
+        weights.append(max(1e-3, 1 - (wins / tries if tries else 0.5)))
+    chosen = []
+    for _ in range(wanted):  # weighted sampling without replacement (Efraimidis–Spirakis keys)
+        keys = [rng.random() ** (1 / w) for w in weights]
+        index = max(range(len(candidates)), key=keys.__getitem__)
+        chosen.append(candidates.pop(index))
+        weights.pop(index)
+    return chosen
+
+
+# --- sampling from π_θi ----------------------------------------------------------------------------------------
+
+def rollouts(engine, tokenizer, problems: list[Problem], recipe: RLRecipe, state: RunState,
+             seed: int) -> list[dict]:
+    """Sample (or continue) responses; return the complete groups of k, keep unfinished ones in `state`."""
+    from l2s.generation import chat_prompt_ids, generate_from_ids
+
+    by_id = {p.id: p for p in problems}
+    fresh = [{"problem_id": p.id, "question": p.question, "answer": p.answer, "level": p.level, "sample": j,
+              "prompt": chat_prompt_ids(tokenizer, p.question), "completion": []}
+             for p in problems for j in range(recipe.k)]
+    work = state.pending + fresh
+    state.pending = []
+    step_cap = recipe.rollout_tokens if recipe.partial_rollouts else recipe.max_tokens
+    caps = [min(step_cap, recipe.max_tokens - len(r["completion"])) for r in work]
+    outputs = generate_from_ids(engine, [r["prompt"] + r["completion"] for r in work], temperature=recipe.temperature,
+                                max_tokens=caps, seed=seed, progress=False)
+    for rollout, (sample,) in zip(work, outputs):
+        rollout["completion"] = rollout["completion"] + sample.token_ids
+        rollout["finished"] = sample.finish_reason == "stop"
+        rollout["done"] = rollout["finished"] or len(rollout["completion"]) >= recipe.max_tokens
+    groups: dict[str, list[dict]] = {}
+    for rollout in work:
+        groups.setdefault(rollout["problem_id"], []).append(rollout)
+    complete = []
+    for problem_id, group in groups.items():
+        if all(r["done"] for r in group) and len(group) == recipe.k:
+            for r in group:
+                text = tokenizer.decode(r["completion"], skip_special_tokens=True)
+                problem = by_id.get(problem_id) or Problem(id=problem_id, level=r["level"], terms=(), answer=r["answer"])
+                r["correct"] = r["finished"] and is_correct(split_text(text).answer, problem)
+                r["length"] = len(r["completion"])
+            complete.append(sorted(group, key=lambda r: r["sample"]))
+        else:
+            state.pending.extend(group)  # continued next iteration (partial rollouts)
+    return complete
+
+
+# --- one iteration of training ---------------------------------------------------------------------------------
+
+def train_iteration(model, tokenizer, groups: list[list[dict]], recipe: RLRecipe, length_weight: float,
+                    rng: random.Random) -> dict:
+    pad = tokenizer.pad_token_id
+    eos = [tokenizer.eos_token_id]
+    batch = []  # (prompt, completion, reward, baseline) per sample
+    for group in groups:
+        rewards = total_rewards([r["length"] for r in group], [r["correct"] for r in group], length_weight)
+        group_baseline = baseline(rewards, recipe.tau, exact=recipe.baseline == "logmeanexp")
+        for rollout, reward in zip(group, rewards):
+            completion = rollout["completion"] + (eos if rollout["finished"] else [])
+            batch.append((rollout["prompt"], completion, reward, group_baseline))
+    # log π_θi of every sample, before any update (θ = θi now)
+    with torch.no_grad():
+        reference = torch.cat([
+            sequence_logprobs(model, [b[0] for b in chunk], [b[1] for b in chunk], pad)
+            for chunk in _chunks(batch, 64)
+        ])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.0)  # reset each iteration
+    per_step = recipe.minibatch_problems * recipe.k
+    losses, log_ratios = [], []
+    model.train()
+    for _ in range(recipe.epochs_per_iteration):
+        order = list(range(len(batch)))
+        rng.shuffle(order)
+        for chunk in _chunks(order, per_step):
+            items = [batch[i] for i in chunk]
+            logprobs = sequence_logprobs(model, [b[0] for b in items], [b[1] for b in items], pad)
+            loss = opmd_loss(logprobs, reference[chunk], torch.tensor([b[2] for b in items]),
+                             torch.tensor([b[3] for b in items]), recipe.tau)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            log_ratios.extend((logprobs.detach() - reference[chunk]).tolist())
+    model.eval()
+    return {"loss": sum(losses) / len(losses),
+            "kl_term": recipe.tau * sum(x * x for x in log_ratios) / len(log_ratios) / 2,
+            "mean_reward": sum(b[2] for b in batch) / len(batch)}
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# --- engine weights and checkpoints --------------------------------------------------------------------------------
+
+def _load_into_vllm(model, weights: dict) -> None:  # runs inside the vLLM worker process
+    model.load_weights(weights.items())
+
+
+def push_weights(engine, model) -> None:
+    """Make the engine's weights θ (in place: no restart), and drop its prefix cache of the old policy."""
+    weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    engine.apply_model(functools.partial(_load_into_vllm, weights=weights))
+    engine.reset_prefix_cache()
+
+
+def save_checkpoint(run_dir: Path, model, tokenizer, state: RunState, rng: random.Random) -> Path:
+    final = run_dir / f"iter-{state.iteration:04d}"
+    with atomic_model_dir(final) as temporary:
+        model.save_pretrained(temporary)
+        tokenizer.save_pretrained(temporary)
+        (temporary / "state.json").write_text(json.dumps({**asdict(state), "rng": rng.getstate()}, default=list))
+    for older in sorted(run_dir.glob("iter-*"))[:-2]:  # keep the last two
+        shutil.rmtree(older, ignore_errors=True)
+    return final
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    complete = [path for path in sorted(run_dir.glob("iter-*")) if (path / "state.json").is_file()]
+    return complete[-1] if complete else None
+
+
+def _restore_rng(raw) -> random.Random:
+    rng = random.Random()
+    version, internal, gauss = raw
+    rng.setstate((version, tuple(internal), gauss))
+    return rng
+
+
+# --- the loop --------------------------------------------------------------------------------------------------
+
+def run(recipe: RLRecipe, out: Path, resume: bool = False) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from l2s.generation import EngineSettings, close_engine, open_engine
+
+    run_dir = WORK_DIR / out.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2))
+    start_from = last_checkpoint(run_dir) if resume else None
+    if resume and start_from is None:
+        print("no complete checkpoint to resume from: starting fresh")
+    if not resume and any(run_dir.glob("iter-*")):
+        for old in run_dir.glob("iter-*"):
+            shutil.rmtree(old)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    source = start_from or Path(recipe.model)
+    torch.manual_seed(recipe.seed)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    if start_from:
+        raw = json.loads((start_from / "state.json").read_text())
+        rng = _restore_rng(raw.pop("rng"))
+        state = RunState(**raw)
+        print(f"resuming after iteration {state.iteration} from {start_from}")
+    else:
+        rng, state = random.Random(recipe.seed), RunState()
+    pool = generate_problems("train", recipe.pool_size, seed=recipe.seed + 202)
+    os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model sends a function to the worker
+    engine = open_engine(source, EngineSettings(max_model_len=max(1024, recipe.max_tokens + 128), seed=recipe.seed))
+    metrics_path = run_dir / "metrics.jsonl"
+    progress = tqdm(total=recipe.iterations, initial=state.iteration, desc="rl", unit="iter", dynamic_ncols=True)
+    try:
+        while state.iteration < recipe.iterations:
+            torch.manual_seed(recipe.seed * 100_003 + state.iteration)
+            started = time.time()
+            problems = choose_problems(pool, recipe, state, rng)
+            groups = rollouts(engine, tokenizer, problems, recipe, state, seed=recipe.seed * 1_000_003 + state.iteration * 7919)
+            sampled = time.time()
+            length_weight = recipe.length_weight if state.iteration >= recipe.length_warmup_iterations else 0.0
+            trained = train_iteration(model, tokenizer, groups, recipe, length_weight, rng) if groups else {}
+            for group in groups:
+                record = state.success.setdefault(group[0]["problem_id"], [0.0, 0.0])
+                record[0] += sum(r["correct"] for r in group)
+                record[1] += len(group)
+            push_weights(engine, model)
+            samples = [r for g in groups for r in g]
+            metrics = {
+                "iteration": state.iteration + 1, "problems": len(groups), "length_weight": length_weight,
+                "accuracy": sum(r["correct"] for r in samples) / max(1, len(samples)),
+                "mean_length": sum(r["length"] for r in samples) / max(1, len(samples)),
+                "pending_rollouts": len(state.pending), **trained,
+                "sampling_seconds": round(sampled - started, 2), "training_seconds": round(time.time() - sampled, 2),
+            }
+            state.history.append(metrics)
+            state.iteration += 1
+            save_checkpoint(run_dir, model, tokenizer, state, rng)
+            with metrics_path.open("a") as log:
+                log.write(json.dumps(metrics) + "\n")
+            progress.update(1)
+            progress.set_postfix(acc=f"{metrics['accuracy']:.2f}", len=f"{metrics['mean_length']:.0f}")
+    finally:
+        progress.close()
+        close_engine(engine)
+    plot_training_curve(state.history, run_dir / "training_curve.png")
+    with atomic_model_dir(out) as temporary:
+        model.save_pretrained(temporary)
+        tokenizer.save_pretrained(temporary)
+        write_card(temporary, new_card(
+            name=out.name, method="rl-opmd", parents=[Path(recipe.model).name], recipe=recipe.model_dump(),
+            role="short", training={"iterations": state.iteration, "history": state.history,
+                                    "seconds": round(sum(h["sampling_seconds"] + h["training_seconds"]
+                                                         for h in state.history), 1)},
+        ))
+    print(f"wrote {out}; metrics in {metrics_path}")
+    return out
+
+
+def plot_training_curve(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    iterations = [h["iteration"] for h in history]
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for axis, key, title in zip(axes, ("accuracy", "mean_length", "mean_reward"),
+                                ("sample accuracy", "mean response tokens", "mean reward")):
+        axis.plot(iterations, [h.get(key, math.nan) for h in history], marker="o")
+        axis.set_title(title)
+        axis.set_xlabel("iteration")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,54 @@
+"""The RL method's loss, gradient and rewards on hand-computed cases (SPEC §3.1)."""
+
+import math
+
+import pytest
+import torch
+
+from distill.rewards import baseline, length_rewards, total_rewards
+from distill.rl import opmd_loss
+
+
+def test_length_reward_groups():
+    assert length_rewards([10, 10, 10], [True, False, True]) == [0.0, 0.0, 0.0]  # all equal lengths
+    assert length_rewards([10, 20, 30], [True, True, True]) == [0.5, 0.0, -0.5]
+    assert length_rewards([10, 20, 30], [False, False, False]) == [0.0, 0.0, -0.5]  # all wrong: never a bonus
+    assert length_rewards([10, 30, 20, 15], [False, True, True, True]) == [0.0, -0.5, 0.0, 0.25]  # mixed
+    with pytest.raises(ValueError):
+        length_rewards([1], [True, False])
+
+
+def test_total_rewards_and_warmup():
+    assert total_rewards([10, 30], [True, False], 0.0) == [1.0, 0.0]
+    assert total_rewards([10, 30], [True, False], 2.0) == [2.0, -1.0]
+
+
+def test_baselines():
+    assert baseline([1.0, 0.0, 0.5], tau=0.5) == 0.5
+    exact = baseline([1.0, 0.0], tau=0.5, exact=True)
+    assert exact == pytest.approx(0.5 * math.log((math.exp(2) + 1) / 2))
+    assert baseline([0.3, 0.3], tau=0.1, exact=True) == pytest.approx(0.3)
+
+
+def test_loss_and_gradient_match_the_formula():
+    """Two problems, k = 2, with known log-probabilities: the loss's negative gradient with respect to each
+    sample's log π equals SPEC's per-problem expression (averaged over the problems)."""
+    tau = 0.5
+    rewards = torch.tensor([1.0, 0.0, 1.5, 0.5])
+    baselines = torch.tensor([0.5, 0.5, 1.0, 1.0])  # r̄ of each problem
+    reference = torch.tensor([-3.0, -4.0, -2.0, -5.0])
+    logprobs = torch.tensor([-2.5, -4.5, -2.0, -4.0], requires_grad=True)
+    loss = opmd_loss(logprobs, reference, rewards, baselines, tau)
+    delta = logprobs.detach() - reference
+    expected_loss = ((rewards - baselines - tau * delta) ** 2).mean() / (2 * tau)
+    assert loss.item() == pytest.approx(expected_loss.item())
+    loss.backward()
+    # SPEC: per sample, ∂/∂logπ_j of (1/k)Σ[logπ_j (r_j − r̄) − (τ/2) Δ_j²] = (1/k)[(r_j − r̄) − τ Δ_j];
+    # averaged over 2 problems of k = 2 that is (1/4)[(r_j − r̄) − τ Δ_j]
+    by_hand = torch.tensor([(1.0 - 0.5) - tau * 0.5, (0.0 - 0.5) - tau * (-0.5),
+                            (1.5 - 1.0) - tau * 0.0, (0.5 - 1.0) - tau * 1.0]) / 4
+    assert torch.allclose(-logprobs.grad, by_hand)
+    # at θ = θi (Δ = 0) it is the plain policy gradient with the mean-reward baseline
+    at_reference = reference.clone().requires_grad_(True)
+    opmd_loss(at_reference, reference, rewards, baselines, tau).backward()
+    assert torch.allclose(-at_reference.grad, (rewards - baselines) / 4)

@@ -1,0 +1,123 @@
+"""Fast tests of the server's pieces that need no engine: config, budgets, routing, protocol, stream splitting."""
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from l2s.reasoning import ReasoningMarkers, ReasoningStream
+from server.budgets import Calibration, choose_variant, effective_budget
+from server.config import AutoPolicy, AutoRule, EffortBudgets, ServerConfig, VariantConfig
+from server.protocol import ChatCompletionRequest
+
+
+def _variant(tmp_path, name, **kwargs):
+    path = tmp_path / name
+    path.mkdir(exist_ok=True)
+    (path / "config.json").write_text("{}")
+    return VariantConfig(name=name, path=path, **kwargs)
+
+
+def _config(tmp_path, **kwargs):
+    variants = [_variant(tmp_path, "long"), _variant(tmp_path, "short", efforts=EffortBudgets(low=2, medium=4, high=8))]
+    return ServerConfig(variants=variants, auto=AutoPolicy(rules=[AutoRule(max_budget=16, variant="short")],
+                                                           default="long"), **kwargs)
+
+
+def test_effective_budget(tmp_path):
+    long = _variant(tmp_path, "long")
+    assert effective_budget(long, None, None, None) is None
+    assert effective_budget(long, -1, None, None) is None
+    assert effective_budget(long, 5, "high", None) == 5  # an explicit budget wins over effort
+    assert effective_budget(long, None, "none", None) == 0
+    assert effective_budget(long, None, "low", None) == 16 and effective_budget(long, None, "medium", None) == 64
+    capped = _variant(tmp_path, "capped", max_thinking_tokens=10)
+    assert effective_budget(capped, None, None, None) == 10 and effective_budget(capped, 50, None, None) == 10
+    assert effective_budget(capped, 3, None, None) == 3
+
+
+def test_effort_budgets_must_nest():
+    with pytest.raises(ValidationError):
+        EffortBudgets(low=64, medium=16, high=-1)
+    with pytest.raises(ValidationError):
+        EffortBudgets(low=8, medium=-1, high=32)
+
+
+def test_auto_by_rules(tmp_path):
+    config = _config(tmp_path)
+    assert choose_variant(config, 8, None, None) == "short"
+    assert choose_variant(config, 16, None, None) == "short"
+    assert choose_variant(config, 17, None, None) == "long"
+    assert choose_variant(config, None, None, None) == "long"
+    assert choose_variant(config, -1, None, None) == "long"
+    assert choose_variant(config, None, "none", None) == "short"
+
+
+def test_auto_by_calibration(tmp_path):
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"variants": {
+        "long": {"efforts": {"low": 30, "medium": 60, "high": 120}, "budgets": [
+            {"budget": 0, "accuracy": 0.1, "mean_reasoning_tokens": 0},
+            {"budget": 16, "accuracy": 0.2, "mean_reasoning_tokens": 16},
+            {"budget": None, "accuracy": 0.95, "mean_reasoning_tokens": 150}]},
+        "short": {"efforts": {"low": 0, "medium": 0, "high": 0}, "budgets": [
+            {"budget": 0, "accuracy": 0.4, "mean_reasoning_tokens": 0},
+            {"budget": 16, "accuracy": 0.4, "mean_reasoning_tokens": 0},
+            {"budget": None, "accuracy": 0.4, "mean_reasoning_tokens": 0}]}}}))
+    calibration = Calibration.load(path)
+    config = _config(tmp_path)
+    assert choose_variant(config, 20, None, calibration) == "short"  # at budget 16 short is more accurate
+    assert choose_variant(config, None, None, calibration) == "long"
+    assert choose_variant(config, 0, None, calibration) == "short"
+    assert effective_budget(config.variants[0], None, "medium", calibration) == 60  # measured, not configured
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(ValueError, match="auto policy"):
+        ServerConfig(variants=[_variant(tmp_path, "long")], auto=AutoPolicy(default="nope"))._check()
+    with pytest.raises(ValidationError):
+        VariantConfig(name="auto", path=tmp_path)
+    with pytest.raises(ValidationError):
+        ServerConfig.model_validate({"variants": [], "unknown_key": 1})
+    with pytest.raises(ValueError, match="no model"):
+        ServerConfig(variants=[VariantConfig(name="x", path=tmp_path / "missing")])._check()
+
+
+def _request(**kwargs):
+    return ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}], **kwargs})
+
+
+def test_protocol_budget_fields():
+    assert _request().requested_budget() is None
+    assert _request(thinking_token_budget=7).requested_budget() == 7
+    assert _request(thinking={"type": "enabled", "budget_tokens": 9}).requested_budget() == 9
+    assert _request(thinking={"type": "disabled"}).requested_budget() == 0
+    assert _request(reasoning_effort="minimal").effort() == "low"
+    assert _request(max_tokens=5, max_completion_tokens=9).max_output_tokens() == 9
+    for bad in [dict(thinking_token_budget=-2), dict(thinking={"type": "enabled"}),
+                dict(thinking_token_budget=3, thinking={"type": "enabled", "budget_tokens": 3}),
+                dict(messages=[]), dict(n=0), dict(stop=["a"] * 5), dict(reasoning_effort="max")]:
+        with pytest.raises(ValidationError):
+            _request(**bad)
+
+
+def test_reasoning_stream_never_leaks_markers():
+    stream = ReasoningStream(start_id=1, end_id=2)
+    pieces = ["<th", "ink>ab", "c</", "think", ">The ", "answer", " is 4."]
+    reasoning = answer = ""
+    for piece in pieces:
+        r, a = stream.feed(piece)
+        reasoning, answer = reasoning + r, answer + a
+        assert "<" not in r + a or a.endswith(".")
+    r, a = stream.flush()
+    reasoning, answer = reasoning + r, answer + a
+    assert (reasoning, answer) == ("abc", "The answer is 4.")
+
+
+def test_reasoning_stream_multi_token_markers_and_counts():
+    markers = ReasoningMarkers(start="[R]", end="[/R]")
+    stream = ReasoningStream(start_id=10, end_id=11, markers=markers)
+    out = [stream.feed(text, ids) for text, ids in [("[R]x", [10, 5]), ("y[/", [6]), ("R]z", [11, 7])]]
+    out.append(stream.flush())
+    assert "".join(r for r, _ in out) == "xy" and "".join(a for _, a in out) == "z"
+    assert stream.split.reasoning_tokens == 2 and stream.split.answer_tokens == 1
