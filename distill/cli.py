@@ -14,11 +14,17 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def _common(parser: argparse.ArgumentParser, recipe_name: str) -> None:
-    parser.add_argument("--recipe", default=None,
-                        help=f"YAML recipe (the lab variant's: configs/distill/{recipe_name}.yaml); flags override it")
+    parser.add_argument(
+        "--recipe",
+        default=None,
+        help=f"YAML recipe (the lab variant's: configs/distill/{recipe_name}.yaml); flags override it",
+    )
     parser.add_argument("--out", required=True, help="output model directory")
-    parser.add_argument("--register", action="store_true",
-                        help="add the result to configs/registered_variants.yaml, so `l2s serve` hosts it")
+    parser.add_argument(
+        "--register",
+        action="store_true",
+        help="add the result to configs/registered_variants.yaml, so `l2s serve` hosts it",
+    )
     parser.add_argument("--seed", type=int, default=None)
 
 
@@ -35,12 +41,20 @@ def _sampling(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     methods = parser.add_subparsers(dest="method", required=True, metavar="METHOD")
-    merge = methods.add_parser("merge", help="average a long and a short model's weights (mergekit)",
-                               description="Merge a long-CoT and a short-CoT model with mergekit (k1.5 model merging).")
+    merge = methods.add_parser(
+        "merge",
+        help="average a long and a short model's weights (mergekit)",
+        description="Merge a long-CoT and a short-CoT model with mergekit (k1.5 model merging).",
+    )
     merge.add_argument("--long", default=None, help="the long-CoT model directory")
     merge.add_argument("--short", default=None, help="the short-CoT model directory")
-    merge.add_argument("--method", dest="merge_method", default=None,
-                       choices=["linear", "ties", "dare_ties", "slerp", "task_arithmetic"], help="default: linear")
+    merge.add_argument(
+        "--method",
+        dest="merge_method",
+        default=None,
+        choices=["linear", "ties", "dare_ties", "slerp", "task_arithmetic"],
+        help="default: linear",
+    )
     weights = merge.add_mutually_exclusive_group()
     weights.add_argument("--weight", type=float, default=None, help="weight of the long model (default 0.5)")
     weights.add_argument("--sweep", default=None, help="comma-separated weights: one model per weight")
@@ -50,15 +64,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(merge, "merge")
     merge.set_defaults(method_handler=_merge)
 
-    shortest = methods.add_parser("shortest", help="shortest rejection sampling + SFT (TRL)",
-                                  description="Fine-tune the long model on its own shortest correct samples.")
+    shortest = methods.add_parser(
+        "shortest",
+        help="shortest rejection sampling + SFT (TRL)",
+        description="Fine-tune the long model on its own shortest correct samples.",
+    )
     _sampling(shortest)
     _common(shortest, "shortest")
     shortest.set_defaults(method_handler=_shortest)
 
-    dpo = methods.add_parser("dpo", help="DPO on shortest-vs-longer pairs (TRL)",
-                             description="DPO with chosen = shortest correct, rejected = wrong and longer or "
-                             "correct and >= 1.5x longer; the long model is the reference.")
+    dpo = methods.add_parser(
+        "dpo",
+        help="DPO on shortest-vs-longer pairs (TRL)",
+        description="DPO with chosen = shortest correct, rejected = wrong and longer or "
+        "correct and >= 1.5x longer; the long model is the reference.",
+    )
     _sampling(dpo)
     dpo.add_argument("--beta", type=float, default=None)
     _common(dpo, "dpo")
@@ -67,10 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_rl(methods) -> None:
-    rl = methods.add_parser("rl", help="k1.5 online mirror-descent RL with the length penalty",
-                            description="Iterations of: sample k responses per problem from the current policy "
-                            "(vLLM), reward correctness + w * length reward, minimise the OPMD surrogate with a "
-                            "fresh optimiser, push the weights into the engine. Checkpoints every iteration.")
+    rl = methods.add_parser(
+        "rl",
+        help="k1.5 online mirror-descent RL with the length penalty",
+        description="Iterations of: sample k responses per problem from the current policy "
+        "(vLLM), reward correctness + w * length reward, minimise the OPMD surrogate with a "
+        "fresh optimiser, push the weights into the engine. Checkpoints every iteration.",
+    )
     rl.add_argument("--model", default=None, help="the long-CoT model directory to start from")
     rl.add_argument("--iterations", type=int, default=None)
     rl.add_argument("--problems-per-iteration", type=int, default=None)
@@ -83,6 +106,12 @@ def _add_rl(methods) -> None:
     rl.add_argument("--no-prioritized", action="store_const", const=False, dest="prioritized", default=None)
     rl.add_argument("--partial-rollouts", action="store_const", const=True, default=None)
     rl.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    rl.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop after this many iterations, as an interruption would (resume with --resume)",
+    )
     _common(rl, "rl")
     rl.set_defaults(method_handler=_rl)
 
@@ -90,14 +119,25 @@ def _add_rl(methods) -> None:
 def _rl(args: argparse.Namespace) -> int:
     from distill.rl import RLRecipe, run
 
-    recipe = RLRecipe.load(args.recipe, {
-        "model": args.model, "iterations": args.iterations, "problems_per_iteration": args.problems_per_iteration,
-        "k": args.k, "tau": args.tau, "length_weight": args.length_weight,
-        "length_warmup_iterations": args.length_warmup_iterations, "max_tokens": args.max_tokens,
-        "curriculum": args.curriculum, "prioritized": args.prioritized, "partial_rollouts": args.partial_rollouts,
-        "seed": args.seed})
-    output = run(recipe, Path(args.out), resume=args.resume)
-    if args.register:
+    recipe = RLRecipe.load(
+        args.recipe,
+        {
+            "model": args.model,
+            "iterations": args.iterations,
+            "problems_per_iteration": args.problems_per_iteration,
+            "k": args.k,
+            "tau": args.tau,
+            "length_weight": args.length_weight,
+            "length_warmup_iterations": args.length_warmup_iterations,
+            "max_tokens": args.max_tokens,
+            "curriculum": args.curriculum,
+            "prioritized": args.prioritized,
+            "partial_rollouts": args.partial_rollouts,
+            "seed": args.seed,
+        },
+    )
+    output = run(recipe, Path(args.out), resume=args.resume, stop_after=args.stop_after)
+    if args.register and output is not None:
         register([output])
     return 0
 
@@ -114,19 +154,43 @@ def _merge(args: argparse.Namespace) -> int:
     from distill.merge import MergeRecipe, run
 
     sweep = [float(w) for w in args.sweep.split(",")] if args.sweep else None
-    recipe = MergeRecipe.load(args.recipe, {"long": args.long, "short": args.short, "method": args.merge_method,
-                                            "weight": args.weight, "sweep": sweep, "base": args.base,
-                                            "seed": args.seed})
+    recipe = MergeRecipe.load(
+        args.recipe,
+        {
+            "long": args.long,
+            "short": args.short,
+            "method": args.merge_method,
+            "weight": args.weight,
+            "sweep": sweep,
+            "base": args.base,
+            "seed": args.seed,
+        },
+    )
     out = Path(args.out)
     outputs = run(recipe, out)
     if args.eval:
         from eval.cli import evaluate
 
-        evaluate(argparse.Namespace(
-            models=[recipe.long, *map(str, outputs), recipe.short], base_url=None, offline=True, task="lab",
-            budgets="none", efforts="", samples=1, temperature=None, num_problems=args.eval_problems,
-            max_tokens=768, reference=Path(recipe.long).name, concurrency=1, api_key="unused", seed=0,
-            calibrate=False, out=str(out.parent / f"{out.name}-eval")))
+        evaluate(
+            argparse.Namespace(
+                models=[recipe.long, *map(str, outputs), recipe.short],
+                base_url=None,
+                offline=True,
+                task="lab",
+                budgets="none",
+                efforts="",
+                samples=1,
+                temperature=None,
+                num_problems=args.eval_problems,
+                max_tokens=768,
+                reference=Path(recipe.long).name,
+                concurrency=1,
+                api_key="unused",
+                seed=0,
+                calibrate=False,
+                out=str(out.parent / f"{out.name}-eval"),
+            )
+        )
     if args.register:
         register(outputs)
     return 0
@@ -136,10 +200,21 @@ def _trained(args: argparse.Namespace, module: str, recipe_class: str, extra: di
     import importlib
 
     method = importlib.import_module(f"distill.{module}")
-    recipe = getattr(method, recipe_class).load(args.recipe, {
-        "model": args.model, "k": args.k, "num_problems": args.num_problems, "max_tokens": args.max_tokens,
-        "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate, "seed": args.seed, **extra})
+    recipe = getattr(method, recipe_class).load(
+        args.recipe,
+        {
+            "model": args.model,
+            "k": args.k,
+            "num_problems": args.num_problems,
+            "max_tokens": args.max_tokens,
+            "epochs": args.epochs,
+            "max_steps": args.max_steps,
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "seed": args.seed,
+            **extra,
+        },
+    )
     output = method.run(recipe, Path(args.out))
     if args.register:
         register([output])

@@ -41,16 +41,21 @@ def run(recipe: DPORecipe, out: Path) -> Path:
     from trl import DPOConfig, DPOTrainer
 
     problems = training_problems(recipe.num_problems, recipe.seed)
-    settings = SampleSettings(k=recipe.k, temperature=recipe.temperature, max_tokens=recipe.max_tokens,
-                              seed=recipe.seed)
+    settings = SampleSettings(
+        k=recipe.k, temperature=recipe.temperature, max_tokens=recipe.max_tokens, seed=recipe.seed
+    )
     groups = draw_samples(recipe.model, problems, settings)
     print("samples:", sampling_summary(groups))
     pairs, longest = [], 0
     for problem in problems:
         for chosen, rejected in dpo_pairs(groups[problem.id], recipe.long_ratio, recipe.max_pairs_per_problem):
-            pairs.append({"prompt": [{"role": "user", "content": problem.question}],
-                          "chosen": [{"role": "assistant", "content": chosen.completion}],
-                          "rejected": [{"role": "assistant", "content": rejected.completion}]})
+            pairs.append(
+                {
+                    "prompt": [{"role": "user", "content": problem.question}],
+                    "chosen": [{"role": "assistant", "content": chosen.completion}],
+                    "rejected": [{"role": "assistant", "content": rejected.completion}],
+                }
+            )
             longest = max(longest, rejected.length, chosen.length)
     if not pairs:
         raise SystemExit("no preference pairs: no problem had a correct sample with a longer alternative")
@@ -60,10 +65,23 @@ def run(recipe: DPORecipe, out: Path) -> Path:
     reference = AutoModelForCausalLM.from_pretrained(recipe.model)
     work_dir = WORK_DIR / out.name
     arguments = DPOConfig(**common_training_arguments(recipe, work_dir, longest + 64), beta=recipe.beta)
-    trainer = DPOTrainer(model=model, ref_model=reference, args=arguments, train_dataset=Dataset.from_list(pairs),
-                         processing_class=tokenizer)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=reference,
+        args=arguments,
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=tokenizer,
+    )
     train_resumably(trainer, work_dir)
-    save_model(trainer, tokenizer, out, "dpo", recipe.model, recipe.model_dump(), pairs,
-               data={"problems": len(problems), "pairs": len(pairs), **sampling_summary(groups)})
+    save_model(
+        trainer,
+        tokenizer,
+        out,
+        "dpo",
+        recipe.model,
+        recipe.model_dump(),
+        pairs,
+        data={"problems": len(problems), "pairs": len(pairs), **sampling_summary(groups)},
+    )
     print(f"wrote {out}")
     return out

@@ -48,11 +48,15 @@ def merge_configuration(recipe: MergeRecipe, weight: float) -> dict:
     base = recipe.base or shared_ancestor(recipe.long, recipe.short)
     config: dict = {"merge_method": recipe.method, "dtype": recipe.dtype}
     if recipe.method == "linear":
-        config["models"] = [{"model": long, "parameters": {"weight": weight}},
-                            {"model": short, "parameters": {"weight": 1 - weight}}]
+        config["models"] = [
+            {"model": long, "parameters": {"weight": weight}},
+            {"model": short, "parameters": {"weight": 1 - weight}},
+        ]
         return config
     if base is None:
-        raise ValueError(f"merge method {recipe.method} needs the shared ancestor: give --base (no common parent in the cards)")
+        raise ValueError(
+            f"merge method {recipe.method} needs the shared ancestor: give --base (no common parent in the cards)"
+        )
     base = str(Path(base).resolve())
     if recipe.method == "slerp":
         config.update(base_model=long, models=[{"model": long}, {"model": short}], parameters={"t": 1 - weight})
@@ -61,8 +65,10 @@ def merge_configuration(recipe: MergeRecipe, weight: float) -> dict:
     if recipe.method in ("ties", "dare_ties"):
         for block in parameters:
             block["density"] = recipe.density
-    config.update(base_model=base, models=[{"model": long, "parameters": parameters[0]},
-                                           {"model": short, "parameters": parameters[1]}])
+    config.update(
+        base_model=base,
+        models=[{"model": long, "parameters": parameters[0]}, {"model": short, "parameters": parameters[1]}],
+    )
     if recipe.method in ("ties", "dare_ties", "task_arithmetic"):
         config["parameters"] = {"normalize": False}
     return config
@@ -76,13 +82,20 @@ def merge_one(recipe: MergeRecipe, weight: float, out_dir: Path) -> Path:
     configuration = MergeConfiguration.model_validate(raw)  # validated before any weights load
     started = time.time()
     with atomic_model_dir(out_dir) as temporary:
-        run_merge(configuration, str(temporary),
-                  MergeOptions(copy_tokenizer=True, random_seed=recipe.seed, quiet=True, write_model_card=False,
-                               lazy_unpickle=False))
+        run_merge(
+            configuration,
+            str(temporary),
+            MergeOptions(
+                copy_tokenizer=True, random_seed=recipe.seed, quiet=True, write_model_card=False, lazy_unpickle=False
+            ),
+        )
         parents = [Path(recipe.long).name, Path(recipe.short).name]
         card = new_card(
-            name=out_dir.name, method=f"merge-{recipe.method}", parents=parents,
-            recipe={**recipe.model_dump(), "weight": weight, "mergekit": raw}, role="short",
+            name=out_dir.name,
+            method=f"merge-{recipe.method}",
+            parents=parents,
+            recipe={**recipe.model_dump(), "weight": weight, "mergekit": raw},
+            role="short",
             data_hash=stable_hash([read_card(recipe.long) or {}, read_card(recipe.short) or {}]),
             merge={"weight_long": weight, "seconds": round(time.time() - started, 2)},
         )

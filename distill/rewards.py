@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def length_rewards(lengths: Sequence[int], correct: Sequence[bool]) -> list[float]:

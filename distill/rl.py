@@ -75,8 +75,10 @@ class RLRecipe(Recipe):
 
 # --- the loss ----------------------------------------------------------------------------------------------
 
-def opmd_loss(logprobs: torch.Tensor, reference_logprobs: torch.Tensor, rewards: torch.Tensor,
-              baselines: torch.Tensor, tau: float) -> torch.Tensor:
+
+def opmd_loss(
+    logprobs: torch.Tensor, reference_logprobs: torch.Tensor, rewards: torch.Tensor, baselines: torch.Tensor, tau: float
+) -> torch.Tensor:
     """1/(2τ) · mean_j (r_j − r̄ − τ·(log π_θ − log π_θi))² over a batch of samples (each row one response,
     `baselines` holding its problem's r̄). Its negative gradient is SPEC §3.1's, averaged over the batch."""
     log_ratio = logprobs - reference_logprobs
@@ -93,7 +95,7 @@ def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[in
     for row, (prompt, sequence) in enumerate(zip(prompts, sequences)):
         input_ids[row, : len(sequence)] = torch.tensor(sequence)
         attention[row, : len(sequence)] = 1
-        mask[row, len(prompt): len(sequence)] = True
+        mask[row, len(prompt) : len(sequence)] = True
     logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
     targets = input_ids[:, 1:]
     token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -101,6 +103,7 @@ def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[in
 
 
 # --- problems: curriculum and prioritised sampling ------------------------------------------------------------
+
 
 @dataclass
 class RunState:
@@ -140,21 +143,37 @@ def choose_problems(pool: list[Problem], recipe: RLRecipe, state: RunState, rng:
 
 # --- sampling from π_θi ----------------------------------------------------------------------------------------
 
-def rollouts(engine, tokenizer, problems: list[Problem], recipe: RLRecipe, state: RunState,
-             seed: int) -> list[dict]:
+
+def rollouts(engine, tokenizer, problems: list[Problem], recipe: RLRecipe, state: RunState, seed: int) -> list[dict]:
     """Sample (or continue) responses; return the complete groups of k, keep unfinished ones in `state`."""
     from l2s.generation import chat_prompt_ids, generate_from_ids
 
     by_id = {p.id: p for p in problems}
-    fresh = [{"problem_id": p.id, "question": p.question, "answer": p.answer, "level": p.level, "sample": j,
-              "prompt": chat_prompt_ids(tokenizer, p.question), "completion": []}
-             for p in problems for j in range(recipe.k)]
+    fresh = [
+        {
+            "problem_id": p.id,
+            "question": p.question,
+            "answer": p.answer,
+            "level": p.level,
+            "sample": j,
+            "prompt": chat_prompt_ids(tokenizer, p.question),
+            "completion": [],
+        }
+        for p in problems
+        for j in range(recipe.k)
+    ]
     work = state.pending + fresh
     state.pending = []
     step_cap = recipe.rollout_tokens if recipe.partial_rollouts else recipe.max_tokens
     caps = [min(step_cap, recipe.max_tokens - len(r["completion"])) for r in work]
-    outputs = generate_from_ids(engine, [r["prompt"] + r["completion"] for r in work], temperature=recipe.temperature,
-                                max_tokens=caps, seed=seed, progress=False)
+    outputs = generate_from_ids(
+        engine,
+        [r["prompt"] + r["completion"] for r in work],
+        temperature=recipe.temperature,
+        max_tokens=caps,
+        seed=seed,
+        progress=False,
+    )
     for rollout, (sample,) in zip(work, outputs):
         rollout["completion"] = rollout["completion"] + sample.token_ids
         rollout["finished"] = sample.finish_reason == "stop"
@@ -167,7 +186,9 @@ def rollouts(engine, tokenizer, problems: list[Problem], recipe: RLRecipe, state
         if all(r["done"] for r in group) and len(group) == recipe.k:
             for r in group:
                 text = tokenizer.decode(r["completion"], skip_special_tokens=True)
-                problem = by_id.get(problem_id) or Problem(id=problem_id, level=r["level"], terms=(), answer=r["answer"])
+                problem = by_id.get(problem_id) or Problem(
+                    id=problem_id, level=r["level"], terms=(), answer=r["answer"]
+                )
                 r["correct"] = r["finished"] and is_correct(split_text(text).answer, problem)
                 r["length"] = len(r["completion"])
             complete.append(sorted(group, key=lambda r: r["sample"]))
@@ -178,8 +199,10 @@ def rollouts(engine, tokenizer, problems: list[Problem], recipe: RLRecipe, state
 
 # --- one iteration of training ---------------------------------------------------------------------------------
 
-def train_iteration(model, tokenizer, groups: list[list[dict]], recipe: RLRecipe, length_weight: float,
-                    rng: random.Random) -> dict:
+
+def train_iteration(
+    model, tokenizer, groups: list[list[dict]], recipe: RLRecipe, length_weight: float, rng: random.Random
+) -> dict:
     pad = tokenizer.pad_token_id
     eos = [tokenizer.eos_token_id]
     batch = []  # (prompt, completion, reward, baseline) per sample
@@ -191,10 +214,12 @@ def train_iteration(model, tokenizer, groups: list[list[dict]], recipe: RLRecipe
             batch.append((rollout["prompt"], completion, reward, group_baseline))
     # log π_θi of every sample, before any update (θ = θi now)
     with torch.no_grad():
-        reference = torch.cat([
-            sequence_logprobs(model, [b[0] for b in chunk], [b[1] for b in chunk], pad)
-            for chunk in _chunks(batch, 64)
-        ])
+        reference = torch.cat(
+            [
+                sequence_logprobs(model, [b[0] for b in chunk], [b[1] for b in chunk], pad)
+                for chunk in _chunks(batch, 64)
+            ]
+        )
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.0)  # reset each iteration
     per_step = recipe.minibatch_problems * recipe.k
     losses, log_ratios = [], []
@@ -205,25 +230,33 @@ def train_iteration(model, tokenizer, groups: list[list[dict]], recipe: RLRecipe
         for chunk in _chunks(order, per_step):
             items = [batch[i] for i in chunk]
             logprobs = sequence_logprobs(model, [b[0] for b in items], [b[1] for b in items], pad)
-            loss = opmd_loss(logprobs, reference[chunk], torch.tensor([b[2] for b in items]),
-                             torch.tensor([b[3] for b in items]), recipe.tau)
+            loss = opmd_loss(
+                logprobs,
+                reference[chunk],
+                torch.tensor([b[2] for b in items]),
+                torch.tensor([b[3] for b in items]),
+                recipe.tau,
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
             log_ratios.extend((logprobs.detach() - reference[chunk]).tolist())
     model.eval()
-    return {"loss": sum(losses) / len(losses),
-            "kl_term": recipe.tau * sum(x * x for x in log_ratios) / len(log_ratios) / 2,
-            "mean_reward": sum(b[2] for b in batch) / len(batch)}
+    return {
+        "loss": sum(losses) / len(losses),
+        "kl_term": recipe.tau * sum(x * x for x in log_ratios) / len(log_ratios) / 2,
+        "mean_reward": sum(b[2] for b in batch) / len(batch),
+    }
 
 
 def _chunks(items: list, size: int):
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 # --- engine weights and checkpoints --------------------------------------------------------------------------------
+
 
 def _load_into_vllm(model, weights: dict) -> None:  # runs inside the vLLM worker process
     model.load_weights(weights.items())
@@ -261,7 +294,8 @@ def _restore_rng(raw) -> random.Random:
 
 # --- the loop --------------------------------------------------------------------------------------------------
 
-def run(recipe: RLRecipe, out: Path, resume: bool = False) -> Path:
+
+def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | None = None) -> Path | None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from l2s.generation import EngineSettings, close_engine, open_engine
@@ -297,7 +331,9 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False) -> Path:
             torch.manual_seed(recipe.seed * 100_003 + state.iteration)
             started = time.time()
             problems = choose_problems(pool, recipe, state, rng)
-            groups = rollouts(engine, tokenizer, problems, recipe, state, seed=recipe.seed * 1_000_003 + state.iteration * 7919)
+            groups = rollouts(
+                engine, tokenizer, problems, recipe, state, seed=recipe.seed * 1_000_003 + state.iteration * 7919
+            )
             sampled = time.time()
             length_weight = recipe.length_weight if state.iteration >= recipe.length_warmup_iterations else 0.0
             trained = train_iteration(model, tokenizer, groups, recipe, length_weight, rng) if groups else {}
@@ -308,11 +344,15 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False) -> Path:
             push_weights(engine, model)
             samples = [r for g in groups for r in g]
             metrics = {
-                "iteration": state.iteration + 1, "problems": len(groups), "length_weight": length_weight,
+                "iteration": state.iteration + 1,
+                "problems": len(groups),
+                "length_weight": length_weight,
                 "accuracy": sum(r["correct"] for r in samples) / max(1, len(samples)),
                 "mean_length": sum(r["length"] for r in samples) / max(1, len(samples)),
-                "pending_rollouts": len(state.pending), **trained,
-                "sampling_seconds": round(sampled - started, 2), "training_seconds": round(time.time() - sampled, 2),
+                "pending_rollouts": len(state.pending),
+                **trained,
+                "sampling_seconds": round(sampled - started, 2),
+                "training_seconds": round(time.time() - sampled, 2),
             }
             state.history.append(metrics)
             state.iteration += 1
@@ -321,6 +361,9 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False) -> Path:
                 log.write(json.dumps(metrics) + "\n")
             progress.update(1)
             progress.set_postfix(acc=f"{metrics['accuracy']:.2f}", len=f"{metrics['mean_length']:.0f}")
+            if stop_after is not None and state.iteration >= stop_after:
+                print(f"stopped after iteration {state.iteration} (--stop-after): resume with --resume")
+                return None
     finally:
         progress.close()
         close_engine(engine)
@@ -328,12 +371,21 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False) -> Path:
     with atomic_model_dir(out) as temporary:
         model.save_pretrained(temporary)
         tokenizer.save_pretrained(temporary)
-        write_card(temporary, new_card(
-            name=out.name, method="rl-opmd", parents=[Path(recipe.model).name], recipe=recipe.model_dump(),
-            role="short", training={"iterations": state.iteration, "history": state.history,
-                                    "seconds": round(sum(h["sampling_seconds"] + h["training_seconds"]
-                                                         for h in state.history), 1)},
-        ))
+        write_card(
+            temporary,
+            new_card(
+                name=out.name,
+                method="rl-opmd",
+                parents=[Path(recipe.model).name],
+                recipe=recipe.model_dump(),
+                role="short",
+                training={
+                    "iterations": state.iteration,
+                    "history": state.history,
+                    "seconds": round(sum(h["sampling_seconds"] + h["training_seconds"] for h in state.history), 1),
+                },
+            ),
+        )
     print(f"wrote {out}; metrics in {metrics_path}")
     return out
 
@@ -348,8 +400,9 @@ def plot_training_curve(history: list[dict], path: Path) -> None:
         return
     iterations = [h["iteration"] for h in history]
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for axis, key, title in zip(axes, ("accuracy", "mean_length", "mean_reward"),
-                                ("sample accuracy", "mean response tokens", "mean reward")):
+    for axis, key, title in zip(
+        axes, ("accuracy", "mean_length", "mean_reward"), ("sample accuracy", "mean response tokens", "mean reward")
+    ):
         axis.plot(iterations, [h.get(key, math.nan) for h in history], marker="o")
         axis.set_title(title)
         axis.set_xlabel("iteration")

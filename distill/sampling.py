@@ -44,11 +44,17 @@ class Sample:
         return self.reasoning_tokens + self.answer_tokens
 
 
-def cache_path(model_dir: str | Path, problems: list[Problem], settings: SampleSettings,
-               cache_dir: Path = CACHE_DIR) -> Path:
+def cache_path(
+    model_dir: str | Path, problems: list[Problem], settings: SampleSettings, cache_dir: Path = CACHE_DIR
+) -> Path:
     card = read_card(model_dir) or {}
-    identity = {"model": str(Path(model_dir).resolve()), "recipe_hash": card.get("recipe_hash"),
-                "created": card.get("created"), "problems": [p.id for p in problems], **asdict(settings)}
+    identity = {
+        "model": str(Path(model_dir).resolve()),
+        "recipe_hash": card.get("recipe_hash"),
+        "created": card.get("created"),
+        "problems": [p.id for p in problems],
+        **asdict(settings),
+    }
     return cache_dir / f"{Path(model_dir).name}-{stable_hash(identity)}.jsonl"
 
 
@@ -64,8 +70,14 @@ def _load(path: Path) -> dict[str, list[Sample]]:
     return groups
 
 
-def draw_samples(model_dir: str | Path, problems: list[Problem], settings: SampleSettings,
-                 cache_dir: Path = CACHE_DIR, engine=None, batch_size: int = 256) -> dict[str, list[Sample]]:
+def draw_samples(
+    model_dir: str | Path,
+    problems: list[Problem],
+    settings: SampleSettings,
+    cache_dir: Path = CACHE_DIR,
+    engine=None,
+    batch_size: int = 256,
+) -> dict[str, list[Sample]]:
     """k verified samples per problem, by problem id; cached, and resumed from the cache after an interruption.
 
     Pass an open `engine` to reuse it (RL samples from the same engine every iteration)."""
@@ -81,17 +93,28 @@ def draw_samples(model_dir: str | Path, problems: list[Problem], settings: Sampl
         try:
             with path.open("a") as out:
                 for start in range(0, len(todo), batch_size):
-                    batch = todo[start:start + batch_size]
-                    outputs = generate(engine, [p.question for p in batch], num_samples=settings.k,
-                                       temperature=settings.temperature, max_tokens=settings.max_tokens,
-                                       thinking_token_budget=settings.thinking_token_budget,
-                                       seed=settings.seed + start)
+                    batch = todo[start : start + batch_size]
+                    outputs = generate(
+                        engine,
+                        [p.question for p in batch],
+                        num_samples=settings.k,
+                        temperature=settings.temperature,
+                        max_tokens=settings.max_tokens,
+                        thinking_token_budget=settings.thinking_token_budget,
+                        seed=settings.seed + start,
+                    )
                     for problem, group in zip(batch, outputs):
                         groups[problem.id] = [
-                            Sample(problem_id=problem.id, sample=index, completion=s.text, token_ids=s.token_ids,
-                                   reasoning_tokens=s.reasoning_tokens, answer_tokens=s.answer_tokens,
-                                   correct=s.closed and is_correct(s.answer_text, problem),
-                                   finished=s.finish_reason == "stop")
+                            Sample(
+                                problem_id=problem.id,
+                                sample=index,
+                                completion=s.text,
+                                token_ids=s.token_ids,
+                                reasoning_tokens=s.reasoning_tokens,
+                                answer_tokens=s.answer_tokens,
+                                correct=s.closed and is_correct(s.answer_text, problem),
+                                finished=s.finish_reason == "stop",
+                            )
                             for index, s in enumerate(group)
                         ]
                         out.write("".join(json.dumps(asdict(s)) + "\n" for s in groups[problem.id]))

@@ -3,7 +3,8 @@ samples, so they are tested on hand-made groups."""
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
 
 class Scored(Protocol):
@@ -29,8 +30,10 @@ def dpo_pairs(samples: Sequence[S], long_ratio: float = 1.5, max_pairs: int | No
     if chosen is None:
         return []
     rejected = [
-        sample for sample in samples
-        if sample is not chosen and (
+        sample
+        for sample in samples
+        if sample is not chosen
+        and (
             (not sample.correct and sample.length > chosen.length)
             or (sample.correct and sample.length >= long_ratio * chosen.length)
         )

@@ -33,8 +33,10 @@ class ShortestRecipe(Recipe):
 
 def chat_example(question: str, completion: str) -> dict:
     """A conversational prompt-completion example (TRL applies the model's chat template)."""
-    return {"prompt": [{"role": "user", "content": question}],
-            "completion": [{"role": "assistant", "content": completion}]}
+    return {
+        "prompt": [{"role": "user", "content": question}],
+        "completion": [{"role": "assistant", "content": completion}],
+    }
 
 
 def run(recipe: ShortestRecipe, out: Path) -> Path:
@@ -43,8 +45,9 @@ def run(recipe: ShortestRecipe, out: Path) -> Path:
     from trl import SFTConfig, SFTTrainer
 
     problems = training_problems(recipe.num_problems, recipe.seed)
-    settings = SampleSettings(k=recipe.k, temperature=recipe.temperature, max_tokens=recipe.max_tokens,
-                              seed=recipe.seed)
+    settings = SampleSettings(
+        k=recipe.k, temperature=recipe.temperature, max_tokens=recipe.max_tokens, seed=recipe.seed
+    )
     groups = draw_samples(recipe.model, problems, settings)
     print("samples:", sampling_summary(groups))
     examples, lengths = [], []
@@ -55,19 +58,34 @@ def run(recipe: ShortestRecipe, out: Path) -> Path:
             lengths.append(chosen.length)
     if not examples:
         raise SystemExit("no problem had a correct sample: nothing to learn from")
-    print(f"shortest correct: {len(examples)} of {len(problems)} problems, mean length "
-          f"{sum(lengths) / len(lengths):.1f} tokens")
+    print(
+        f"shortest correct: {len(examples)} of {len(problems)} problems, mean length "
+        f"{sum(lengths) / len(lengths):.1f} tokens"
+    )
     tokenizer = AutoTokenizer.from_pretrained(recipe.model)
     model = AutoModelForCausalLM.from_pretrained(recipe.model)
     work_dir = WORK_DIR / out.name
     # the longest example plus the prompt and template, so nothing is cut (never TRL's default)
     max_length = max(lengths) + 64
     arguments = SFTConfig(**common_training_arguments(recipe, work_dir, max_length), completion_only_loss=True)
-    trainer = SFTTrainer(model=model, args=arguments, train_dataset=Dataset.from_list(examples),
-                         processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=model, args=arguments, train_dataset=Dataset.from_list(examples), processing_class=tokenizer
+    )
     train_resumably(trainer, work_dir)
-    save_model(trainer, tokenizer, out, "shortest-rejection-sft", recipe.model, recipe.model_dump(), examples,
-               data={"problems": len(problems), "examples": len(examples), "mean_length": sum(lengths) / len(lengths),
-                     **sampling_summary(groups)})
+    save_model(
+        trainer,
+        tokenizer,
+        out,
+        "shortest-rejection-sft",
+        recipe.model,
+        recipe.model_dump(),
+        examples,
+        data={
+            "problems": len(problems),
+            "examples": len(examples),
+            "mean_length": sum(lengths) / len(lengths),
+            **sampling_summary(groups),
+        },
+    )
     print(f"wrote {out}")
     return out

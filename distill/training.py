@@ -51,8 +51,9 @@ def train_resumably(trainer, work_dir: Path) -> None:
     if last:
         print(f"resuming from {last}")
     trainer.train(resume_from_checkpoint=last)
-    (work_dir / "loss.json").write_text(json.dumps(
-        [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]))
+    (work_dir / "loss.json").write_text(
+        json.dumps([{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e])
+    )
 
 
 def save_model(trainer, tokenizer, out_dir: Path, method: str, parent: str, recipe: dict, data: list, **extra) -> None:
@@ -62,8 +63,16 @@ def save_model(trainer, tokenizer, out_dir: Path, method: str, parent: str, reci
         for leftover in ("training_args.bin",):
             (temporary / leftover).unlink(missing_ok=True)
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-        write_card(temporary, new_card(
-            name=out_dir.name, method=method, parents=[Path(parent).name], recipe=recipe, role="short",
-            data_hash=stable_hash(data), training={"steps": trainer.state.global_step,
-                                                   "final_loss": losses[-1] if losses else None}, **extra,
-        ))
+        write_card(
+            temporary,
+            new_card(
+                name=out_dir.name,
+                method=method,
+                parents=[Path(parent).name],
+                recipe=recipe,
+                role="short",
+                data_hash=stable_hash(data),
+                training={"steps": trainer.state.global_step, "final_loss": losses[-1] if losses else None},
+                **extra,
+            ),
+        )

@@ -20,23 +20,33 @@ from eval.metrics import percentile
 def build_calibration(records: list[dict], results: list[dict], meta: dict) -> dict:
     variants = {}
     for model in dict.fromkeys(r["model"] for r in results):
-        lengths = [s["reasoning_tokens"] for s in records
-                   if s["model"] == model and s["budget"] is None and not s.get("effort")]
+        lengths = [
+            s["reasoning_tokens"]
+            for s in records
+            if s["model"] == model and s["budget"] is None and not s.get("effort")
+        ]
         entry: dict = {
             "budgets": [
                 {"budget": r["budget"], "accuracy": r["accuracy"], "mean_reasoning_tokens": r["mean_reasoning_tokens"]}
-                for r in results if r["model"] == model and not r["effort"]
+                for r in results
+                if r["model"] == model and not r["effort"]
             ]
         }
         if lengths:
             quantiles = {f"p{q}": percentile(lengths, q) for q in (10, 25, 50, 75, 90)}
             entry["reasoning_length_quantiles"] = quantiles
-            entry["efforts"] = {"low": math.ceil(quantiles["p25"]), "medium": math.ceil(quantiles["p50"]),
-                                "high": math.ceil(quantiles["p90"])}
+            entry["efforts"] = {
+                "low": math.ceil(quantiles["p25"]),
+                "medium": math.ceil(quantiles["p50"]),
+                "high": math.ceil(quantiles["p90"]),
+            }
         variants[model] = entry
-    return {"rule": "efforts: low=p25, medium=p50, high=p90 of unbudgeted reasoning tokens; auto: best accuracy "
-                    "at the largest measured budget <= the request's, ties to fewer tokens",
-            "source": meta, "variants": variants}
+    return {
+        "rule": "efforts: low=p25, medium=p50, high=p90 of unbudgeted reasoning tokens; auto: best accuracy "
+        "at the largest measured budget <= the request's, ties to fewer tokens",
+        "source": meta,
+        "variants": variants,
+    }
 
 
 def write_calibration(path: Path, calibration: dict) -> None:

@@ -8,26 +8,44 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", action="append", required=True, dest="models", metavar="M",
-                        help="a model directory (--offline) or a served model name (--base-url); repeat for more")
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        dest="models",
+        metavar="M",
+        help="a model directory (--offline) or a served model name (--base-url); repeat for more",
+    )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     mode.add_argument("--offline", action="store_true", help="run the vLLM engine directly on model directories")
     parser.add_argument("--task", default="lab", help="lab, lab:LEVEL or jsonl:PATH (default: %(default)s)")
-    parser.add_argument("--budgets", default="none",
-                        help="comma-separated thinking budgets; 'none' = unbudgeted (default: %(default)s)")
+    parser.add_argument(
+        "--budgets", default="none", help="comma-separated thinking budgets; 'none' = unbudgeted (default: %(default)s)"
+    )
     parser.add_argument("--efforts", default="", help="comma-separated reasoning_effort levels (API mode only)")
     parser.add_argument("--samples", type=int, default=1, help="samples per problem, K (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="sampling temperature (default: 0 for one sample, 1 for several)")
-    parser.add_argument("--num-problems", type=int, default=None, help="first N problems of the task (lab: default 500)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="sampling temperature (default: 0 for one sample, 1 for several)",
+    )
+    parser.add_argument(
+        "--num-problems", type=int, default=None, help="first N problems of the task (lab: default 500)"
+    )
     parser.add_argument("--max-tokens", type=int, default=512, help="completion cap per sample (default: %(default)s)")
-    parser.add_argument("--reference", default=None,
-                        help="the variant AES is measured against (default: the first model whose card says role long, else the first)")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="the variant AES is measured against (default: the first model whose card says role long, else the first)",
+    )
     parser.add_argument("--concurrency", type=int, default=16, help="API requests in flight (default: %(default)s)")
     parser.add_argument("--api-key", default="unused", help="API key for --base-url")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--calibrate", action="store_true", help="also write calibration.json for `l2s serve --calibration`")
+    parser.add_argument(
+        "--calibrate", action="store_true", help="also write calibration.json for `l2s serve --calibration`"
+    )
     parser.add_argument("--out", required=True, help="output directory (rerunning with the same arguments resumes)")
 
 
@@ -82,14 +100,32 @@ def evaluate(args: argparse.Namespace) -> int:
                 raise SystemExit(f"--offline needs model directories; no model at {model}")
     problems = load_task(args.task, args.num_problems, seed=args.seed)
     temperature = args.temperature if args.temperature is not None else (0.0 if args.samples == 1 else 1.0)
-    settings = EvalSettings(models=args.models, problems=problems, conditions=conditions, samples=args.samples,
-                            temperature=temperature, max_tokens=args.max_tokens, seed=args.seed,
-                            concurrency=args.concurrency, base_url=args.base_url, api_key=args.api_key)
+    settings = EvalSettings(
+        models=args.models,
+        problems=problems,
+        conditions=conditions,
+        samples=args.samples,
+        temperature=temperature,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        concurrency=args.concurrency,
+        base_url=args.base_url,
+        api_key=args.api_key,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"task": args.task, "num_problems": len(problems), "samples": args.samples, "temperature": temperature,
-            "max_tokens": args.max_tokens, "seed": args.seed, "mode": "offline" if args.offline else "api",
-            "base_url": args.base_url, "models": args.models, "conditions": [c.label for c in conditions]}
+    meta = {
+        "task": args.task,
+        "num_problems": len(problems),
+        "samples": args.samples,
+        "temperature": temperature,
+        "max_tokens": args.max_tokens,
+        "seed": args.seed,
+        "mode": "offline" if args.offline else "api",
+        "base_url": args.base_url,
+        "models": args.models,
+        "conditions": [c.label for c in conditions],
+    }
     arguments_path = out / "arguments.json"
     if arguments_path.is_file() and json.loads(arguments_path.read_text()) != meta:
         raise SystemExit(f"{out} holds a run with other arguments; use a new --out (or delete it)")
@@ -100,8 +136,11 @@ def evaluate(args: argparse.Namespace) -> int:
     names = [model_name(model) for model in args.models]
     wanted = {(name, c.label) for name in names for c in conditions}
     ids = {p.id for p in problems}
-    records = [r for r in load_done(samples_path).values()
-               if (r["model"], r["condition"]) in wanted and r["problem_id"] in ids and r["sample"] < args.samples]
+    records = [
+        r
+        for r in load_done(samples_path).values()
+        if (r["model"], r["condition"]) in wanted and r["problem_id"] in ids and r["sample"] < args.samples
+    ]
     meta["reference"] = _reference(args, names)
     results = build_results(records, names, meta["reference"])
     write_report(out, results, meta)

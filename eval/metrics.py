@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 # O1-Pruner's accuracy-efficiency score weights: reward accuracy gains by 3, punish losses by 5.
 AES_GAIN_WEIGHT = 3.0

@@ -12,8 +12,12 @@ from eval.metrics import AES_GAIN_WEIGHT, AES_LOSS_WEIGHT, aes, summarize
 def _condition_order(record: dict) -> tuple:
     """Unbudgeted last (it is the largest budget), efforts after budgets."""
     if record.get("effort"):
-        return (2, ["none", "low", "medium", "high"].index(record["effort"]) if record["effort"] in
-                ("none", "low", "medium", "high") else 9)
+        return (
+            2,
+            ["none", "low", "medium", "high"].index(record["effort"])
+            if record["effort"] in ("none", "low", "medium", "high")
+            else 9,
+        )
     return (1, float("inf")) if record["budget"] is None else (0, record["budget"])
 
 
@@ -28,18 +32,25 @@ def build_results(records: list[dict], models: list[str], reference: str | None)
         by_level = defaultdict(list)
         for sample in samples:
             by_level[sample["level"]].append(sample)
-        results.append({
-            "model": model,
-            "budget": first["budget"],
-            "effort": first["effort"],
-            "condition": first["condition"],
-            "num_problems": len({s["problem_id"] for s in samples}),
-            "num_samples": len(samples) // max(1, len({s["problem_id"] for s in samples})),
-            **summary,
-            "by_level": {level: {"accuracy": s["accuracy"], "mean_reasoning_tokens": s["mean_reasoning_tokens"],
-                                 "num_samples_total": s["num_samples_total"]}
-                         for level, s in sorted((lvl, summarize(group)) for lvl, group in by_level.items())},
-        })
+        results.append(
+            {
+                "model": model,
+                "budget": first["budget"],
+                "effort": first["effort"],
+                "condition": first["condition"],
+                "num_problems": len({s["problem_id"] for s in samples}),
+                "num_samples": len(samples) // max(1, len({s["problem_id"] for s in samples})),
+                **summary,
+                "by_level": {
+                    level: {
+                        "accuracy": s["accuracy"],
+                        "mean_reasoning_tokens": s["mean_reasoning_tokens"],
+                        "num_samples_total": s["num_samples_total"],
+                    }
+                    for level, s in sorted((lvl, summarize(group)) for lvl, group in by_level.items())
+                },
+            }
+        )
     order = {name: i for i, name in enumerate(models)}
     results.sort(key=lambda r: (order.get(r["model"], 99), _condition_order(r)))
     _add_aes(results, reference)
@@ -50,8 +61,13 @@ def _add_aes(results: list[dict], reference: str | None) -> None:
     """AES of every record against the reference model's unbudgeted record (length = completion tokens)."""
     base = next((r for r in results if r["model"] == reference and r["budget"] is None and not r["effort"]), None)
     for record in results:
-        record["aes"] = None if base is None else aes(record["accuracy"], record["mean_completion_tokens"],
-                                                      base["accuracy"], base["mean_completion_tokens"])
+        record["aes"] = (
+            None
+            if base is None
+            else aes(
+                record["accuracy"], record["mean_completion_tokens"], base["accuracy"], base["mean_completion_tokens"]
+            )
+        )
         record["aes_reference"] = reference if base is not None else None
 
 
@@ -65,11 +81,13 @@ def _fmt(value, digits: int = 1) -> str:
 
 def write_report(out_dir: Path, results: list[dict], meta: dict) -> None:
     lines = [
-        "# Evaluation report", "",
+        "# Evaluation report",
+        "",
         f"Task `{meta['task']}`, {meta['num_problems']} problems × {meta['samples']} sample(s), "
         f"temperature {meta['temperature']}, mode {meta['mode']}. AES = ΔL + {AES_GAIN_WEIGHT:g}·ΔA if ΔA ≥ 0 "
         f"else ΔL + {AES_LOSS_WEIGHT:g}·ΔA, against `{meta.get('reference')}` unbudgeted, L = mean completion "
-        "tokens.", "",
+        "tokens.",
+        "",
         "| model | budget | accuracy | 95% CI | reasoning tokens mean / median / p90 | answer tokens | "
         "tokens per correct | AES | violations | rel. length error |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -83,25 +101,44 @@ def write_report(out_dir: Path, results: list[dict], meta: dict) -> None:
             f"{_fmt(r['aes'], 3)} | {r['budget_violations']} | {_fmt(r['mean_relative_length_error'], 2)} |"
         )
     if any("mean_ttft_s" in r for r in results):
-        lines += ["", "## Latency (API mode)", "",
-                  "| model | budget | TTFT p50 / p90 (s) | first answer token p50 / p90 (s) | latency p50 / p90 (s) |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Latency (API mode)",
+            "",
+            "| model | budget | TTFT p50 / p90 (s) | first answer token p50 / p90 (s) | latency p50 / p90 (s) |",
+            "|---|---|---|---|---|",
+        ]
         for r in results:
             if "mean_ttft_s" in r:
                 lines.append(
                     f"| {r['model']} | {r['condition']} | {r['p50_ttft_s']:.3f} / {r['p90_ttft_s']:.3f} | "
                     f"{_fmt(r.get('p50_ttfa_s'), 3)} / {_fmt(r.get('p90_ttfa_s'), 3)} | "
-                    f"{r['p50_latency_s']:.3f} / {r['p90_latency_s']:.3f} |")
+                    f"{r['p50_latency_s']:.3f} / {r['p90_latency_s']:.3f} |"
+                )
     levels = sorted({level for r in results for level in r["by_level"]})
     if len(levels) > 1:
-        lines += ["", "## Accuracy by difficulty level", "",
-                  "| model | budget | " + " | ".join(f"level {lvl}" for lvl in levels) + " |",
-                  "|---|---|" + "---|" * len(levels)]
+        lines += [
+            "",
+            "## Accuracy by difficulty level",
+            "",
+            "| model | budget | " + " | ".join(f"level {lvl}" for lvl in levels) + " |",
+            "|---|---|" + "---|" * len(levels),
+        ]
         for r in results:
-            cells = [f"{100 * r['by_level'][lvl]['accuracy']:.1f}% ({r['by_level'][lvl]['mean_reasoning_tokens']:.0f} tok)"
-                     if lvl in r["by_level"] else "–" for lvl in levels]
+            cells = [
+                f"{100 * r['by_level'][lvl]['accuracy']:.1f}% ({r['by_level'][lvl]['mean_reasoning_tokens']:.0f} tok)"
+                if lvl in r["by_level"]
+                else "–"
+                for lvl in levels
+            ]
             lines.append(f"| {r['model']} | {r['condition']} | " + " | ".join(cells) + " |")
-    lines += ["", "![accuracy vs tokens](accuracy_vs_tokens.png)", "", "![accuracy vs budget](accuracy_vs_budget.png)", ""]
+    lines += [
+        "",
+        "![accuracy vs tokens](accuracy_vs_tokens.png)",
+        "",
+        "![accuracy vs budget](accuracy_vs_budget.png)",
+        "",
+    ]
     (out_dir / "report.md").write_text("\n".join(lines))
     (out_dir / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
 
@@ -150,8 +187,10 @@ def plot(out_dir: Path, results: list[dict]) -> None:
     unlimited_x = (max(budgets) * 2 if budgets else 1) or 1
     figure, axes = plt.subplots(figsize=(6.4, 4.8))
     for model in dict.fromkeys(r["model"] for r in results):
-        own = sorted((r for r in results if r["model"] == model and not r["effort"]),
-                     key=lambda r: unlimited_x if r["budget"] is None else r["budget"])
+        own = sorted(
+            (r for r in results if r["model"] == model and not r["effort"]),
+            key=lambda r: unlimited_x if r["budget"] is None else r["budget"],
+        )
         xs = [unlimited_x if r["budget"] is None else r["budget"] for r in own]
         axes.plot(xs, [100 * r["accuracy"] for r in own], marker="o", label=model)
     ticks = budgets + [unlimited_x]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from tqdm.auto import tqdm
 
@@ -80,19 +80,37 @@ def _todo(settings: EvalSettings, model: str, condition: Condition, done: dict) 
     ]
 
 
-def _record(model: str, condition: Condition, problem: EvalProblem, index: int, reasoning: str, answer: str,
-            reasoning_tokens: int, answer_tokens: int, **timing) -> dict:
+def _record(
+    model: str,
+    condition: Condition,
+    problem: EvalProblem,
+    index: int,
+    reasoning: str,
+    answer: str,
+    reasoning_tokens: int,
+    answer_tokens: int,
+    **timing,
+) -> dict:
     return {
-        "model": model_name(model), "condition": condition.label, "budget": condition.budget,
-        "effort": condition.effort, "problem_id": problem.id, "level": problem.level, "sample": index,
-        "correct": problem.verify(answer), "reasoning_tokens": reasoning_tokens, "answer_tokens": answer_tokens,
-        "answer": answer, "reasoning": reasoning, **timing,
+        "model": model_name(model),
+        "condition": condition.label,
+        "budget": condition.budget,
+        "effort": condition.effort,
+        "problem_id": problem.id,
+        "level": problem.level,
+        "sample": index,
+        "correct": problem.verify(answer),
+        "reasoning_tokens": reasoning_tokens,
+        "answer_tokens": answer_tokens,
+        "answer": answer,
+        "reasoning": reasoning,
+        **timing,
     }
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def run_offline(settings: EvalSettings, samples_path: Path) -> None:
@@ -112,15 +130,30 @@ def run_offline(settings: EvalSettings, samples_path: Path) -> None:
                 for condition, todo in pending.items():
                     problems = list(dict.fromkeys(problem for problem, _ in todo))
                     for batch in _chunks(problems, 128):
-                        groups = generate(engine, [p.question for p in batch], num_samples=settings.samples,
-                                          temperature=settings.temperature, max_tokens=settings.max_tokens,
-                                          thinking_token_budget=condition.budget, seed=settings.seed, progress=False)
+                        groups = generate(
+                            engine,
+                            [p.question for p in batch],
+                            num_samples=settings.samples,
+                            temperature=settings.temperature,
+                            max_tokens=settings.max_tokens,
+                            thinking_token_budget=condition.budget,
+                            seed=settings.seed,
+                            progress=False,
+                        )
                         for problem, group in zip(batch, groups):
                             for index, sample in enumerate(group):
                                 if (model_name(model), condition.label, problem.id, index) in done:
                                     continue
-                                record = _record(model, condition, problem, index, sample.reasoning_text,
-                                                 sample.answer_text, sample.reasoning_tokens, sample.answer_tokens)
+                                record = _record(
+                                    model,
+                                    condition,
+                                    problem,
+                                    index,
+                                    sample.reasoning_text,
+                                    sample.answer_text,
+                                    sample.reasoning_tokens,
+                                    sample.answer_tokens,
+                                )
                                 out.write(json.dumps(record) + "\n")
                                 progress.update(1)
                         out.flush()
@@ -129,8 +162,9 @@ def run_offline(settings: EvalSettings, samples_path: Path) -> None:
     progress.close()
 
 
-async def _one_api_request(client, settings: EvalSettings, model: str, condition: Condition,
-                           problem: EvalProblem, index: int) -> dict:
+async def _one_api_request(
+    client, settings: EvalSettings, model: str, condition: Condition, problem: EvalProblem, index: int
+) -> dict:
     extra_body = dict(settings.extra)
     kwargs = {}
     if condition.budget is not None:
@@ -141,9 +175,15 @@ async def _one_api_request(client, settings: EvalSettings, model: str, condition
     ttft = ttfa = None
     reasoning, answer, usage = "", "", None
     stream = await client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": problem.question}], stream=True,
-        stream_options={"include_usage": True}, temperature=settings.temperature, max_tokens=settings.max_tokens,
-        seed=settings.seed + index, extra_body=extra_body, **kwargs,
+        model=model,
+        messages=[{"role": "user", "content": problem.question}],
+        stream=True,
+        stream_options={"include_usage": True},
+        temperature=settings.temperature,
+        max_tokens=settings.max_tokens,
+        seed=settings.seed + index,
+        extra_body=extra_body,
+        **kwargs,
     )
     async for chunk in stream:
         if chunk.usage is not None:
@@ -165,21 +205,37 @@ async def _one_api_request(client, settings: EvalSettings, model: str, condition
     reasoning_tokens = getattr(details, "reasoning_tokens", None) if details else None
     if reasoning_tokens is None:
         raise RuntimeError("the server did not report usage.completion_tokens_details.reasoning_tokens")
-    return _record(model, condition, problem, index, reasoning, answer, reasoning_tokens,
-                   usage.completion_tokens - reasoning_tokens, ttft=ttft, ttfa=ttfa, latency=latency)
+    return _record(
+        model,
+        condition,
+        problem,
+        index,
+        reasoning,
+        answer,
+        reasoning_tokens,
+        usage.completion_tokens - reasoning_tokens,
+        ttft=ttft,
+        ttfa=ttfa,
+        latency=latency,
+    )
 
 
 async def _run_api(settings: EvalSettings, samples_path: Path) -> None:
     from openai import AsyncOpenAI
 
     done = load_done(samples_path)
-    work = [(model, condition, problem, index) for model in settings.models for condition in settings.conditions
-            for problem, index in _todo(settings, model, condition, done)]
+    work = [
+        (model, condition, problem, index)
+        for model in settings.models
+        for condition in settings.conditions
+        for problem, index in _todo(settings, model, condition, done)
+    ]
     total = len(settings.models) * len(settings.conditions) * len(settings.problems) * settings.samples
     progress = tqdm(total=total, initial=total - len(work), desc="eval (api)", unit="sample", dynamic_ncols=True)
     client = AsyncOpenAI(base_url=settings.base_url, api_key=settings.api_key, max_retries=3, timeout=600)
     limit = asyncio.Semaphore(settings.concurrency)
     with samples_path.open("a") as out:
+
         async def run(item):
             async with limit:
                 record = await _one_api_request(client, settings, *item)

@@ -4,9 +4,9 @@ usual `{question, answer}` form, answers checked with math-verify)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from l2s.lab.task import LEVELS, generate_problems, is_correct
 
@@ -44,8 +44,13 @@ def load_task(spec: str, num_problems: int | None = None, seed: int = 0) -> list
             levels = (int(argument),)
         problems = generate_problems("test", num_problems or 500, seed=seed, levels=levels)
         return [
-            EvalProblem(id=p.id, question=p.question, answer=str(p.answer), level=str(p.level),
-                        verify=lambda text, p=p: is_correct(text, p))
+            EvalProblem(
+                id=p.id,
+                question=p.question,
+                answer=str(p.answer),
+                level=str(p.level),
+                verify=lambda text, p=p: is_correct(text, p),
+            )
             for p in problems
         ]
     if kind == "jsonl":
@@ -60,7 +65,14 @@ def load_task(spec: str, num_problems: int | None = None, seed: int = 0) -> list
             if "question" not in record or "answer" not in record:
                 raise ValueError(f"{path.name} line {number + 1}: needs 'question' and 'answer'")
             answer = str(record["answer"])
-            problems.append(EvalProblem(id=str(record.get("id", number)), question=record["question"], answer=answer,
-                                        level=str(record.get("level", "all")), verify=_math_verify(answer)))
+            problems.append(
+                EvalProblem(
+                    id=str(record.get("id", number)),
+                    question=record["question"],
+                    answer=answer,
+                    level=str(record.get("level", "all")),
+                    verify=_math_verify(answer),
+                )
+            )
         return problems[:num_problems] if num_problems else problems
     raise ValueError(f"unknown task {spec!r}: use lab, lab:LEVEL or jsonl:PATH")

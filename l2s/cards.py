@@ -17,8 +17,9 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 CARD_FILE = "card.json"
 TEMP_PREFIX = ".tmp-"
@@ -84,9 +85,12 @@ def new_card(name: str, method: str, parents: list[str], recipe: dict, **extra: 
 
 
 def is_model_dir(path: Path) -> bool:
-    return path.is_dir() and not path.name.startswith(".") and (path / "config.json").is_file() and (
-        path / CARD_FILE
-    ).is_file()
+    return (
+        path.is_dir()
+        and not path.name.startswith(".")
+        and (path / "config.json").is_file()
+        and (path / CARD_FILE).is_file()
+    )
 
 
 def find_models(models_dir: str | Path) -> dict[str, Path]:

@@ -32,7 +32,9 @@ def _add_lab(subparsers) -> None:
     )
     build.add_argument("--out", default="models", help="models directory (default: %(default)s)")
     build.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="lab recipe YAML (default: configs/lab.yaml)")
-    build.add_argument("--remeasure", action="store_true", help="measure the models again even if their cards have figures")
+    build.add_argument(
+        "--remeasure", action="store_true", help="measure the models again even if their cards have figures"
+    )
     build.set_defaults(handler=_lab_build)
 
 
@@ -75,6 +77,19 @@ def _add_distill(subparsers) -> None:
     distill.set_defaults(handler=distill_cli.run)
 
 
+def _add_loadtest(subparsers) -> None:
+    from clients import loadtest  # argparse only; locust runs in its own process
+
+    parser = subparsers.add_parser(
+        "loadtest",
+        help="locust, headless, against a server (or one it spawns)",
+        description="Streaming chat users with a mix of variants and budgets; writes locust's CSVs, summary.md "
+        "and a latency/throughput plot. Loopback targets only; bounded in users, time and requests.",
+    )
+    loadtest.add_arguments(parser)
+    parser.set_defaults(handler=loadtest.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="l2s",
@@ -85,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(subparsers)
     _add_eval(subparsers)
     _add_distill(subparsers)
+    _add_loadtest(subparsers)
     return parser
 
 

@@ -11,9 +11,9 @@ Engines start worker processes with spawn: call `open_engine` from code that run
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from l2s.reasoning import ReasoningMarkers, split_text, split_token_ids
 
@@ -39,8 +39,9 @@ class Sample:
     finish_reason: str | None
 
 
-def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings(),
-                markers: ReasoningMarkers = ReasoningMarkers()):
+def open_engine(
+    model_dir: str | Path, settings: EngineSettings = EngineSettings(), markers: ReasoningMarkers = ReasoningMarkers()
+):
     """A `vllm.LLM` for `model_dir` with the reasoning markers configured (so budgets work)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
     from vllm import LLM  # imported here: importing vLLM is slow and most commands do not need it
@@ -97,10 +98,17 @@ def generate(
 ) -> list[list[Sample]]:
     """`num_samples` completions for each question, as chat requests through the model's template."""
     tokenizer = engine.get_tokenizer()
-    return generate_from_ids(engine, [chat_prompt_ids(tokenizer, q) for q in questions], num_samples=num_samples,
-                             temperature=temperature, max_tokens=max_tokens,
-                             thinking_token_budget=thinking_token_budget, seed=seed, markers=markers,
-                             progress=progress)
+    return generate_from_ids(
+        engine,
+        [chat_prompt_ids(tokenizer, q) for q in questions],
+        num_samples=num_samples,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        thinking_token_budget=thinking_token_budget,
+        seed=seed,
+        markers=markers,
+        progress=progress,
+    )
 
 
 def generate_from_ids(

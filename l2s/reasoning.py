@@ -2,14 +2,15 @@
 
 Every part of the product splits completions with this module, so "reasoning tokens" means one thing
 everywhere: the tokens strictly between the start and end markers. A completion with no end marker was cut
-off while thinking, so all of it is reasoning (this holds for a completion with no markers at all). A completion that starts without the start marker (templates
-such as DeepSeek-R1's put `<think>` in the prompt) is reasoning up to the end marker.
+off while thinking, so all of it is reasoning (this holds for a completion with no markers at all). A
+completion that starts without the start marker (templates such as DeepSeek-R1's put `<think>` in the
+prompt) is reasoning up to the end marker.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 DEFAULT_START = "<think>"
 DEFAULT_END = "</think>"
@@ -62,13 +63,13 @@ def split_text(text: str, markers: ReasoningMarkers = ReasoningMarkers()) -> Spl
     start_at = text.find(markers.start)
     end_at = text.find(markers.end)
     if start_at != -1 and (end_at == -1 or start_at < end_at):
-        body = text[start_at + len(markers.start):]
+        body = text[start_at + len(markers.start) :]
     else:
         body = text  # the start marker was in the prompt (or never came)
     end_at = body.find(markers.end)
     if end_at == -1:
         return SplitText(reasoning=body, answer="", closed=False)
-    return SplitText(reasoning=body[:end_at], answer=body[end_at + len(markers.end):], closed=True)
+    return SplitText(reasoning=body[:end_at], answer=body[end_at + len(markers.end) :], closed=True)
 
 
 def split_token_ids(
@@ -93,7 +94,7 @@ def split_token_ids(
         end_at = body.index(end_id)
     except ValueError:
         return SplitTokens(reasoning_ids=body, answer_ids=[], closed=False)
-    return SplitTokens(reasoning_ids=body[:end_at], answer_ids=body[end_at + 1:], closed=True)
+    return SplitTokens(reasoning_ids=body[:end_at], answer_ids=body[end_at + 1 :], closed=True)
 
 
 def count_reasoning_tokens(token_ids: Sequence[int], start_id: int, end_id: int) -> int:
@@ -153,8 +154,8 @@ class ReasoningStream:
                 answer = answer[: len(answer) - _partial_marker_suffix(answer, self.markers)]
             else:
                 reasoning = reasoning[: len(reasoning) - _partial_marker_suffix(self.text, self.markers)]
-        reasoning_delta = reasoning[self._sent_reasoning:] if len(reasoning) > self._sent_reasoning else ""
-        answer_delta = answer[self._sent_answer:] if len(answer) > self._sent_answer else ""
+        reasoning_delta = reasoning[self._sent_reasoning :] if len(reasoning) > self._sent_reasoning else ""
+        answer_delta = answer[self._sent_answer :] if len(answer) > self._sent_answer else ""
         self._sent_reasoning = max(self._sent_reasoning, len(reasoning))
         self._sent_answer = max(self._sent_answer, len(answer))
         return reasoning_delta, answer_delta

@@ -23,6 +23,8 @@ def register_variant(name: str, model_dir: str | Path, path: Path = REGISTRY) ->
     variants[name] = str(Path(model_dir).resolve())
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
-    temporary.write_text("# Written by `l2s distill ... --register`; `l2s serve` hosts these next start.\n"
-                         + yaml.safe_dump({"variants": variants}, sort_keys=True))
+    temporary.write_text(
+        "# Written by `l2s distill ... --register`; `l2s serve` hosts these next start.\n"
+        + yaml.safe_dump({"variants": variants}, sort_keys=True)
+    )
     temporary.replace(path)

@@ -36,8 +36,12 @@ def build_app(config: ServerConfig, calibration: Calibration | None = None, api_
             loading.cancel()
             service.shutdown()
 
-    app = FastAPI(title="long2short", version="0.1.0", lifespan=lifespan,
-                  description="OpenAI-compatible chat completions over long- and short-thinking variants.")
+    app = FastAPI(
+        title="long2short",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="OpenAI-compatible chat completions over long- and short-thinking variants.",
+    )
     app.state.service = service
     from server.errors import install_error_handlers
 

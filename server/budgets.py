@@ -28,7 +28,7 @@ class Calibration:
     source: dict
 
     @classmethod
-    def load(cls, path: str | Path) -> "Calibration":
+    def load(cls, path: str | Path) -> Calibration:
         raw = json.loads(Path(path).read_text())
         efforts, accuracy, mean_tokens = {}, {}, {}
         for name, entry in raw.get("variants", {}).items():
@@ -55,10 +55,13 @@ def effort_budget(variant: VariantConfig, effort: str, calibration: Calibration 
     return as_budget(getattr(variant.efforts, effort))
 
 
-def effective_budget(variant: VariantConfig, requested: int | None, effort: str | None,
-                     calibration: Calibration | None) -> int | None:
-    budget = as_budget(requested) if requested is not None else (
-        effort_budget(variant, effort, calibration) if effort else None
+def effective_budget(
+    variant: VariantConfig, requested: int | None, effort: str | None, calibration: Calibration | None
+) -> int | None:
+    budget = (
+        as_budget(requested)
+        if requested is not None
+        else (effort_budget(variant, effort, calibration) if effort else None)
     )
     ceiling = as_budget(variant.max_thinking_tokens)
     if ceiling is not None:
@@ -66,8 +69,9 @@ def effective_budget(variant: VariantConfig, requested: int | None, effort: str 
     return budget
 
 
-def _budget_for_routing(requested: int | None, effort: str | None, config: ServerConfig,
-                        calibration: Calibration | None) -> int | None:
+def _budget_for_routing(
+    requested: int | None, effort: str | None, config: ServerConfig, calibration: Calibration | None
+) -> int | None:
     if requested is not None:
         return as_budget(requested)
     if effort is None:
@@ -79,8 +83,9 @@ def _budget_for_routing(requested: int | None, effort: str | None, config: Serve
     return None if any(b is None for b in budgets) else max(budgets)
 
 
-def choose_variant(config: ServerConfig, requested: int | None, effort: str | None,
-                   calibration: Calibration | None) -> str:
+def choose_variant(
+    config: ServerConfig, requested: int | None, effort: str | None, calibration: Calibration | None
+) -> str:
     """The variant `model: "auto"` serves for this request's budget."""
     budget = _budget_for_routing(requested, effort, config, calibration)
     names = [variant.name for variant in config.variants]
@@ -100,7 +105,9 @@ def _best_measured(names: list[str], budget: int | None, calibration: Calibratio
     candidates = []
     for name in names:
         points = calibration.accuracy.get(name, {})
-        usable = [b for b in points if b is None and budget is None or b is not None and (budget is None or b <= budget)]
+        usable = [
+            b for b in points if b is None and budget is None or b is not None and (budget is None or b <= budget)
+        ]
         if not usable:
             continue
         nearest = None if None in usable and budget is None else max(b for b in usable if b is not None)

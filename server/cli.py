@@ -10,16 +10,26 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "server.ya
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
-                        help="server YAML: variants, engine settings, effort budgets, auto policy (default: configs/server.yaml)")
-    parser.add_argument("--models-dir", default="models",
-                        help="serve every finished model found here, besides those the config lists (default: %(default)s)")
+    parser.add_argument(
+        "--config",
+        default=str(DEFAULT_CONFIG),
+        help="server YAML: variants, engine settings, effort budgets, auto policy (default: configs/server.yaml)",
+    )
+    parser.add_argument(
+        "--models-dir",
+        default="models",
+        help="serve every finished model found here, besides those the config lists (default: %(default)s)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
-    parser.add_argument("--api-key", default=None,
-                        help="require `Authorization: Bearer KEY` on /v1/* (also read from L2S_API_KEY)")
-    parser.add_argument("--calibration", default=None,
-                        help="calibration.json from `l2s eval --calibrate`: measured effort budgets and auto routing")
+    parser.add_argument(
+        "--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1/* (also read from L2S_API_KEY)"
+    )
+    parser.add_argument(
+        "--calibration",
+        default=None,
+        help="calibration.json from `l2s eval --calibrate`: measured effort budgets and auto routing",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -49,10 +59,15 @@ def run(args: argparse.Namespace) -> int:
             service.draining = True
             super().handle_exit(sig, frame)
 
-    server = DrainingServer(uvicorn.Config(
-        app, host=args.host, port=args.port, log_level=args.log_level,
-        timeout_graceful_shutdown=config.shutdown_grace_seconds,
-    ))
+    server = DrainingServer(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=config.shutdown_grace_seconds,
+        )
+    )
     logging.getLogger("l2s.server").info("serving %s on http://%s:%d", ", ".join(service.engines), args.host, args.port)
     server.run()
     return 0

@@ -33,8 +33,10 @@ class EngineConfig(Strict):
     data_parallel_size: int = Field(1, gt=0)
     max_num_seqs: int = Field(64, gt=0, description="sequences the engine runs at once")
     cpu_threads_bind: str | None = Field(
-        None, description="CPU only: VLLM_CPU_OMP_THREADS_BIND for this engine ('auto', 'nobind', '0', '0-3'); "
-        "default: engines take the machine's cores in turn, one each")
+        None,
+        description="CPU only: VLLM_CPU_OMP_THREADS_BIND for this engine ('auto', 'nobind', '0', '0-3'); "
+        "default: engines take the machine's cores in turn, one each",
+    )
 
 
 class EffortBudgets(Strict):
@@ -45,7 +47,7 @@ class EffortBudgets(Strict):
     high: int = Field(-1, ge=-1)
 
     @model_validator(mode="after")
-    def _nested(self) -> "EffortBudgets":
+    def _nested(self) -> EffortBudgets:
         order = [float("inf") if b == -1 else b for b in (self.low, self.medium, self.high)]
         if order != sorted(order):
             raise ValueError("effort budgets must be nested: low <= medium <= high")
@@ -61,7 +63,7 @@ class VariantConfig(Strict):
     max_waiting: int = Field(256, ge=0, description="queued requests beyond max_num_seqs before 429")
 
     @model_validator(mode="after")
-    def _not_auto(self) -> "VariantConfig":
+    def _not_auto(self) -> VariantConfig:
         if self.name == "auto":
             raise ValueError("'auto' is reserved for routing")
         return self
@@ -89,7 +91,7 @@ class ServerConfig(Strict):
     shutdown_grace_seconds: float = Field(10.0, ge=0)
 
     @classmethod
-    def load(cls, path: str | Path | None, models_dir: str | Path | None) -> "ServerConfig":
+    def load(cls, path: str | Path | None, models_dir: str | Path | None) -> ServerConfig:
         raw = yaml.safe_load(Path(path).read_text()) if path else {}
         raw = raw or {}
         defaults = raw.pop("defaults", None) or {}

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from l2s.reasoning import ReasoningMarkers, ReasoningStream
 from server.config import VariantConfig
@@ -83,7 +83,9 @@ class VariantEngine:
         settings = self.variant.engine
         # The engine's worker process is spawned now and reads these from the environment it inherits.
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = settings.cpu_threads_bind or str(self.position % (os.cpu_count() or 1))
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = settings.cpu_threads_bind or str(
+            self.position % (os.cpu_count() or 1)
+        )
         args = AsyncEngineArgs(
             model=str(self.variant.path),
             served_model_name=[self.variant.name],
@@ -114,8 +116,9 @@ class VariantEngine:
             self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         )
 
-    async def stream(self, request_id: str, prompt_ids: list[int], params: GenerationParams,
-                     n: int = 1) -> AsyncIterator[tuple[int, Chunk]]:
+    async def stream(
+        self, request_id: str, prompt_ids: list[int], params: GenerationParams, n: int = 1
+    ) -> AsyncIterator[tuple[int, Chunk]]:
         """Yield (choice index, chunk) as the engine produces tokens, for `n` choices."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -148,13 +151,16 @@ class VariantEngine:
                         tail_reasoning, tail_answer = splitter.flush()
                         reasoning, answer = reasoning + tail_reasoning, answer + tail_answer
                     split = splitter.split
-                    yield choice.index, Chunk(
-                        reasoning=reasoning,
-                        answer=answer,
-                        reasoning_tokens=split.reasoning_tokens,
-                        answer_tokens=split.answer_tokens,
-                        completion_tokens=generated[choice.index],
-                        finish_reason=choice.finish_reason,
+                    yield (
+                        choice.index,
+                        Chunk(
+                            reasoning=reasoning,
+                            answer=answer,
+                            reasoning_tokens=split.reasoning_tokens,
+                            answer_tokens=split.answer_tokens,
+                            completion_tokens=generated[choice.index],
+                            finish_reason=choice.finish_reason,
+                        ),
                     )
         finally:
             self.in_flight -= 1

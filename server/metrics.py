@@ -12,24 +12,55 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         labels = ["variant"]
-        self.requests = Counter("l2s_requests", "Chat completion requests by variant and HTTP status",
-                                ["variant", "status"], registry=self.registry)
-        self.time_to_first_token = Histogram("l2s_time_to_first_token_seconds", "Time to the first generated token",
-                                             labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "l2s_requests",
+            "Chat completion requests by variant and HTTP status",
+            ["variant", "status"],
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "l2s_time_to_first_token_seconds",
+            "Time to the first generated token",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.time_to_first_answer_token = Histogram(
-            "l2s_time_to_first_answer_token_seconds", "Time to the first token after the reasoning", labels,
-            buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.latency = Histogram("l2s_request_latency_seconds", "End-to-end latency of a completion", labels,
-                                 buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.reasoning_tokens = Histogram("l2s_reasoning_tokens", "Reasoning tokens per choice", labels,
-                                          buckets=_TOKEN_BUCKETS, registry=self.registry)
-        self.answer_tokens = Histogram("l2s_answer_tokens", "Answer tokens per choice", labels,
-                                       buckets=_TOKEN_BUCKETS, registry=self.registry)
-        self.budget_cuts = Counter("l2s_budget_cuts", "Choices whose reasoning the thinking budget cut", labels,
-                                   registry=self.registry)
-        self.running = Gauge("l2s_running_requests", "Requests generating in the engine", labels,
-                             registry=self.registry)
-        self.waiting = Gauge("l2s_waiting_requests", "Requests admitted but waiting for an engine slot", labels,
-                             registry=self.registry)
-        self.refused = Counter("l2s_refused_requests", "Requests refused because a variant's queue was full",
-                               labels, registry=self.registry)
+            "l2s_time_to_first_answer_token_seconds",
+            "Time to the first token after the reasoning",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "l2s_request_latency_seconds",
+            "End-to-end latency of a completion",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.reasoning_tokens = Histogram(
+            "l2s_reasoning_tokens",
+            "Reasoning tokens per choice",
+            labels,
+            buckets=_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.answer_tokens = Histogram(
+            "l2s_answer_tokens", "Answer tokens per choice", labels, buckets=_TOKEN_BUCKETS, registry=self.registry
+        )
+        self.budget_cuts = Counter(
+            "l2s_budget_cuts", "Choices whose reasoning the thinking budget cut", labels, registry=self.registry
+        )
+        self.running = Gauge(
+            "l2s_running_requests", "Requests generating in the engine", labels, registry=self.registry
+        )
+        self.waiting = Gauge(
+            "l2s_waiting_requests", "Requests admitted but waiting for an engine slot", labels, registry=self.registry
+        )
+        self.refused = Counter(
+            "l2s_refused_requests",
+            "Requests refused because a variant's queue was full",
+            labels,
+            registry=self.registry,
+        )

@@ -89,7 +89,7 @@ class ChatCompletionRequest(BaseModel):
         return stop
 
     @model_validator(mode="after")
-    def _one_budget(self) -> "ChatCompletionRequest":
+    def _one_budget(self) -> ChatCompletionRequest:
         if self.thinking is not None and self.thinking_token_budget is not None:
             raise ValueError("give either thinking_token_budget or thinking, not both")
         if self.thinking is not None and self.thinking.type == "enabled" and self.thinking.budget_tokens is None:

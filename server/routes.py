@@ -37,17 +37,26 @@ async def list_models(request: Request) -> dict:
     data = []
     for name, engine in service.engines.items():
         card = read_card(engine.variant.path) or {}
-        data.append({
-            "id": name,
+        data.append(
+            {
+                "id": name,
+                "object": "model",
+                "created": now(),
+                "owned_by": "long2short",
+                "max_model_len": engine.variant.engine.max_model_len,
+                "card": {key: card.get(key) for key in ("role", "method", "parents", "evaluation", "recipe_hash")},
+                "calibration": calibration.get(name),
+            }
+        )
+    data.append(
+        {
+            "id": "auto",
             "object": "model",
             "created": now(),
             "owned_by": "long2short",
-            "max_model_len": engine.variant.engine.max_model_len,
-            "card": {key: card.get(key) for key in ("role", "method", "parents", "evaluation", "recipe_hash")},
-            "calibration": calibration.get(name),
-        })
-    data.append({"id": "auto", "object": "model", "created": now(), "owned_by": "long2short",
-                 "card": {"role": "router", "method": "auto"}})
+            "card": {"role": "router", "method": "auto"},
+        }
+    )
     return {"object": "list", "data": data}
 
 
@@ -56,8 +65,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     service = request.app.state.service
     plan = service.plan(body)
     if body.stream:
-        return StreamingResponse(service.stream(body, plan), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            service.stream(body, plan), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
     return JSONResponse(await _unless_disconnected(request, service.complete(body, plan)))
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from l2s.reasoning import ReasoningMarkers
 from server.budgets import Calibration, choose_variant, effective_budget
@@ -72,8 +72,9 @@ class ChatService:
             name = choose_variant(self.config, request.requested_budget(), request.effort(), self.calibration)
         engine = self.engines.get(name)
         if engine is None:
-            raise APIError(404, f"The model '{request.model[:100]}' does not exist", code="model_not_found",
-                           param="model")
+            raise APIError(
+                404, f"The model '{request.model[:100]}' does not exist", code="model_not_found", param="model"
+            )
         if not engine.has_room():
             self.metrics.refused.labels(name).inc()
             raise APIError(429, f"too many requests waiting for '{name}'", code="queue_full", retry_after=1)
@@ -89,7 +90,8 @@ class ChatService:
                 400,
                 f"This model's maximum context length is {context} tokens. However, you requested "
                 f"{len(prompt_ids) + asked} tokens ({len(prompt_ids)} in the messages, {asked} in the completion).",
-                code="context_length_exceeded", param="messages",
+                code="context_length_exceeded",
+                param="messages",
             )
         budget = effective_budget(variant, request.requested_budget(), request.effort(), self.calibration)
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
@@ -125,13 +127,15 @@ class ChatService:
         choices = []
         for index, final in enumerate(finals):
             reasoning, answer = texts[index]
-            choices.append({
-                "index": index,
-                "message": message(answer, reasoning if request.include_reasoning else None),
-                "logprobs": None,
-                "finish_reason": final.finish_reason if final else "stop",
-                "reasoning_truncated": _truncated(final, plan.budget),
-            })
+            choices.append(
+                {
+                    "index": index,
+                    "message": message(answer, reasoning if request.include_reasoning else None),
+                    "logprobs": None,
+                    "finish_reason": final.finish_reason if final else "stop",
+                    "reasoning_truncated": _truncated(final, plan.budget),
+                }
+            )
         state.finish(ok=True, finals=finals)
         return {
             "id": completion_id(),
@@ -148,8 +152,13 @@ class ChatService:
         identifier, created = completion_id(), now()
 
         def event(choices: list[dict], usage_block: dict | None = None) -> str:
-            body = {"id": identifier, "object": "chat.completion.chunk", "created": created,
-                    "model": plan.engine.name, "choices": choices}
+            body = {
+                "id": identifier,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": plan.engine.name,
+                "choices": choices,
+            }
             if usage_block is not None:
                 body["usage"] = usage_block
             return f"data: {json.dumps(body)}\n\n"
@@ -158,13 +167,25 @@ class ChatService:
         ok = False
         try:
             for index in range(plan.n):
-                yield event([{"index": index, "delta": delta(answer="", role=True) | {"content": ""},
-                              "logprobs": None, "finish_reason": None}])
+                yield event(
+                    [
+                        {
+                            "index": index,
+                            "delta": delta(answer="", role=True) | {"content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
             async for index, chunk in plan.engine.stream(identifier, plan.prompt_ids, plan.params, plan.n):
                 state.observe(chunk)
                 reasoning = chunk.reasoning if request.include_reasoning else ""
-                choice = {"index": index, "delta": delta(chunk.answer, reasoning), "logprobs": None,
-                          "finish_reason": chunk.finish_reason}
+                choice = {
+                    "index": index,
+                    "delta": delta(chunk.answer, reasoning),
+                    "logprobs": None,
+                    "finish_reason": chunk.finish_reason,
+                }
                 if chunk.finish_reason is not None:
                     finals[index] = chunk
                     choice["reasoning_truncated"] = _truncated(chunk, plan.budget)

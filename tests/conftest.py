@@ -51,9 +51,22 @@ def start_server(models: Path, *extra: str, log_name: str = "server") -> tuple[s
     log_path = ROOT / ".pytest_cache" / f"{log_name}-{port}.log"
     log_path.parent.mkdir(exist_ok=True)
     process = subprocess.Popen(
-        [sys.executable, "-m", "l2s.cli", "serve", "--models-dir", str(models), "--port", str(port),
-         "--log-level", "warning", *extra],
-        stdout=log_path.open("w"), stderr=subprocess.STDOUT, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "l2s.cli",
+            "serve",
+            "--models-dir",
+            str(models),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
     )
     return process, f"http://127.0.0.1:{port}", log_path
 
@@ -76,7 +89,7 @@ def server_url(lab_models: Path):
         wait_healthy(base_url, process)
     except Exception:
         stop_server(process)
-        raise RuntimeError("server failed to start:\n" + log_path.read_text()[-3000:])
+        raise RuntimeError("server failed to start:\n" + log_path.read_text()[-3000:]) from None
     yield base_url
     stop_server(process)
 

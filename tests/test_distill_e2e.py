@@ -14,8 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 def _l2s(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "l2s.cli", *args], capture_output=True, text=True, timeout=1800,
-                          cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "l2s.cli", *args], capture_output=True, text=True, timeout=1800, cwd=cwd
+    )
 
 
 def _loads_in_transformers(model_dir) -> None:
@@ -27,16 +28,36 @@ def _loads_in_transformers(model_dir) -> None:
 
 def test_merge_linear_and_ties_sweep(lab_models, tmp_path):
     out = tmp_path / "lab-merge"
-    result = _l2s("distill", "merge", "--long", str(lab_models / "lab-long"), "--short", str(lab_models / "lab-short"),
-                  "--out", str(out))
+    result = _l2s(
+        "distill",
+        "merge",
+        "--long",
+        str(lab_models / "lab-long"),
+        "--short",
+        str(lab_models / "lab-short"),
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     card = read_card(out)
     assert card["method"] == "merge-linear" and card["parents"] == ["lab-long", "lab-short"]
     assert card["recipe"]["mergekit"]["models"][0]["parameters"]["weight"] == 0.5
     _loads_in_transformers(out)
     sweep = tmp_path / "ties"
-    result = _l2s("distill", "merge", "--long", str(lab_models / "lab-long"), "--short", str(lab_models / "lab-short"),
-                  "--method", "ties", "--sweep", "0.3,0.7", "--out", str(sweep))
+    result = _l2s(
+        "distill",
+        "merge",
+        "--long",
+        str(lab_models / "lab-long"),
+        "--short",
+        str(lab_models / "lab-short"),
+        "--method",
+        "ties",
+        "--sweep",
+        "0.3,0.7",
+        "--out",
+        str(sweep),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(find_models(sweep)) == ["ties-w0.3", "ties-w0.7"]
     assert read_card(sweep / "ties-w0.3")["recipe"]["mergekit"]["base_model"].endswith("lab-base")
@@ -53,8 +74,21 @@ def test_bad_recipe_fails_before_loading(tmp_path):
 @pytest.mark.parametrize("method", ["shortest", "dpo"])
 def test_trained_methods_small(lab_models, tmp_path, method):
     out = tmp_path / f"lab-{method}"
-    result = _l2s("distill", method, "--model", str(lab_models / "lab-long"), "--num-problems", "48",
-                  "--max-steps", "4", "--batch-size", "8", "--out", str(out), cwd=tmp_path)
+    result = _l2s(
+        "distill",
+        method,
+        "--model",
+        str(lab_models / "lab-long"),
+        "--num-problems",
+        "48",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     card = read_card(out)
     assert card["parents"] == ["lab-long"] and card["training"]["steps"] == 4

@@ -18,14 +18,31 @@ def _l2s(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def offline_run(lab_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval-offline")
-    result = _l2s("eval", "--offline", "--model", str(lab_models / "lab-long"), "--model", str(lab_models / "lab-short"),
-                  "--task", "lab", "--num-problems", "200", "--budgets", "none,16", "--calibrate", "--out", str(out))
+    result = _l2s(
+        "eval",
+        "--offline",
+        "--model",
+        str(lab_models / "lab-long"),
+        "--model",
+        str(lab_models / "lab-short"),
+        "--task",
+        "lab",
+        "--num-problems",
+        "200",
+        "--budgets",
+        "none,16",
+        "--calibrate",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
 
 def test_offline_eval_shows_the_contrast(offline_run):
-    results = {(r["model"], r["condition"]): r for r in json.loads((offline_run / "results.json").read_text())["results"]}
+    results = {
+        (r["model"], r["condition"]): r for r in json.loads((offline_run / "results.json").read_text())["results"]
+    }
     long, short = results[("lab-long", "none")], results[("lab-short", "none")]
     assert long["num_problems"] == 200
     assert long["accuracy"] > short["accuracy"] + 0.15
@@ -42,31 +59,75 @@ def test_offline_eval_shows_the_contrast(offline_run):
 
 def test_rerun_resumes_without_new_samples(offline_run, lab_models):
     before = (offline_run / "samples.jsonl").read_text()
-    result = _l2s("eval", "--offline", "--model", str(lab_models / "lab-long"), "--model", str(lab_models / "lab-short"),
-                  "--task", "lab", "--num-problems", "200", "--budgets", "none,16", "--calibrate", "--out", str(offline_run))
+    result = _l2s(
+        "eval",
+        "--offline",
+        "--model",
+        str(lab_models / "lab-long"),
+        "--model",
+        str(lab_models / "lab-short"),
+        "--task",
+        "lab",
+        "--num-problems",
+        "200",
+        "--budgets",
+        "none,16",
+        "--calibrate",
+        "--out",
+        str(offline_run),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (offline_run / "samples.jsonl").read_text() == before  # nothing was generated again
 
 
 def test_api_mode_agrees_with_offline(offline_run, server_url, tmp_path):
-    result = _l2s("eval", "--base-url", f"{server_url}/v1", "--model", "lab-long", "--model", "lab-short",
-                  "--task", "lab", "--num-problems", "200", "--budgets", "none,16", "--efforts", "low",
-                  "--concurrency", "32", "--out", str(tmp_path))
+    result = _l2s(
+        "eval",
+        "--base-url",
+        f"{server_url}/v1",
+        "--model",
+        "lab-long",
+        "--model",
+        "lab-short",
+        "--task",
+        "lab",
+        "--num-problems",
+        "200",
+        "--budgets",
+        "none,16",
+        "--efforts",
+        "low",
+        "--concurrency",
+        "32",
+        "--out",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     api = {(r["model"], r["condition"]): r for r in json.loads((tmp_path / "results.json").read_text())["results"]}
-    offline = {(r["model"], r["condition"]): r for r in json.loads((offline_run / "results.json").read_text())["results"]}
+    offline = {
+        (r["model"], r["condition"]): r for r in json.loads((offline_run / "results.json").read_text())["results"]
+    }
     for key, record in offline.items():
         # greedy decoding on the same engine and problems: the same numbers up to float-level noise
         assert abs(api[key]["accuracy"] - record["accuracy"]) <= 0.03, key
         assert abs(api[key]["mean_reasoning_tokens"] - record["mean_reasoning_tokens"]) <= 0.05 * max(
-            1.0, record["mean_reasoning_tokens"]), key
+            1.0, record["mean_reasoning_tokens"]
+        ), key
     assert api[("lab-long", "none")]["mean_ttft_s"] > 0 and "mean_ttfa_s" in api[("lab-long", "none")]
     assert api[("lab-long", "effort:low")]["mean_reasoning_tokens"] <= 16
 
 
 def test_jsonl_task_runs(lab_models, tmp_path):
-    result = _l2s("eval", "--offline", "--model", str(lab_models / "lab-short"), "--task",
-                  "jsonl:eval/fixtures/math_small.jsonl", "--out", str(tmp_path))
+    result = _l2s(
+        "eval",
+        "--offline",
+        "--model",
+        str(lab_models / "lab-short"),
+        "--task",
+        "jsonl:eval/fixtures/math_small.jsonl",
+        "--out",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     assert results[0]["num_problems"] == 20

@@ -61,8 +61,18 @@ def test_pareto_frontier():
 
 
 def _record(model, condition, budget, pid, sample, correct, reasoning):
-    return {"model": model, "condition": condition, "budget": budget, "effort": None, "problem_id": pid,
-            "level": "1", "sample": sample, "correct": correct, "reasoning_tokens": reasoning, "answer_tokens": 2}
+    return {
+        "model": model,
+        "condition": condition,
+        "budget": budget,
+        "effort": None,
+        "problem_id": pid,
+        "level": "1",
+        "sample": sample,
+        "correct": correct,
+        "reasoning_tokens": reasoning,
+        "answer_tokens": 2,
+    }
 
 
 def test_results_aes_and_calibration():
@@ -85,9 +95,12 @@ def test_resume_skips_done_samples(tmp_path):
     problems = [EvalProblem(id=str(i), question="q", answer="1", level="1", verify=lambda t: True) for i in range(3)]
     settings = EvalSettings(models=["m"], problems=problems, conditions=[Condition()], samples=2)
     path = tmp_path / "samples.jsonl"
-    done_records = [_record("m", "none", None, "0", 0, True, 1), _record("m", "none", None, "0", 1, True, 1),
-                    _record("m", "none", None, "1", 0, True, 1)]
-    path.write_text("\n".join(json.dumps(r) for r in done_records) + "\n{\"cut off")  # an interrupted last line
+    done_records = [
+        _record("m", "none", None, "0", 0, True, 1),
+        _record("m", "none", None, "0", 1, True, 1),
+        _record("m", "none", None, "1", 0, True, 1),
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in done_records) + '\n{"cut off')  # an interrupted last line
     done = load_done(path)
     assert len(done) == 3
     todo = _todo(settings, "m", Condition(), done)

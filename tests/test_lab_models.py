@@ -40,8 +40,9 @@ def test_models_load_with_single_token_markers_and_chat_template(lab_models):
     tokenizer = AutoTokenizer.from_pretrained(lab_models / "lab-long")
     start, end = marker_token_ids(tokenizer)
     assert start != end
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 12+34+56?"}],
-                                           add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 12+34+56?"}], add_generation_prompt=True, tokenize=False
+    )
     assert prompt == "<s><|user|>What is 12+34+56?<|assistant|>"
     model = AutoModelForCausalLM.from_pretrained(lab_models / "lab-long")
     assert model.config.model_type == "llama"
@@ -55,8 +56,12 @@ def test_second_build_is_cached(lab_models, tmp_path):
     import time
 
     started = time.time()
-    result = subprocess.run([sys.executable, "-m", "l2s.cli", "lab", "build", "--out", str(lab_models)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "l2s.cli", "lab", "build", "--out", str(lab_models)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("cached at") == 3
     assert time.time() - started < 60

@@ -45,8 +45,12 @@ def test_loss_and_gradient_match_the_formula():
     loss.backward()
     # SPEC: per sample, ∂/∂logπ_j of (1/k)Σ[logπ_j (r_j − r̄) − (τ/2) Δ_j²] = (1/k)[(r_j − r̄) − τ Δ_j];
     # averaged over 2 problems of k = 2 that is (1/4)[(r_j − r̄) − τ Δ_j]
-    by_hand = torch.tensor([(1.0 - 0.5) - tau * 0.5, (0.0 - 0.5) - tau * (-0.5),
-                            (1.5 - 1.0) - tau * 0.0, (0.5 - 1.0) - tau * 1.0]) / 4
+    by_hand = (
+        torch.tensor(
+            [(1.0 - 0.5) - tau * 0.5, (0.0 - 0.5) - tau * (-0.5), (1.5 - 1.0) - tau * 0.0, (0.5 - 1.0) - tau * 1.0]
+        )
+        / 4
+    )
     assert torch.allclose(-logprobs.grad, by_hand)
     # at θ = θi (Δ = 0) it is the plain policy gradient with the mean-reward baseline
     at_reference = reference.clone().requires_grad_(True)

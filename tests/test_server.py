@@ -53,6 +53,7 @@ def test_health_models_and_answer(client, server_url):
 @pytest.mark.parametrize("budget", [0, 1, 8, 32])
 def test_budget_is_a_hard_cap_under_concurrency(client, tokenizer, budget):
     """50 budgeted requests mixed with unbudgeted ones, all at once; the count is the tokens in the reasoning."""
+
     def one(i: int):
         extra = {"thinking_token_budget": budget} if i % 3 else {}
         response = _chat(client, temperature=1.0, seed=i, max_tokens=400, extra_body=extra)
@@ -75,8 +76,13 @@ def test_budget_is_a_hard_cap_under_concurrency(client, tokenizer, budget):
 
 def test_stream_and_whole_agree(client):
     whole = _chat(client, temperature=0, extra_body={"thinking_token_budget": 40})
-    stream = _chat(client, temperature=0, extra_body={"thinking_token_budget": 40}, stream=True,
-                   stream_options={"include_usage": True})
+    stream = _chat(
+        client,
+        temperature=0,
+        extra_body={"thinking_token_budget": 40},
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     reasoning, answer, usage, finish = "", "", None, None
     for chunk in stream:
         if chunk.usage:
@@ -84,7 +90,8 @@ def test_stream_and_whole_agree(client):
         for choice in chunk.choices:
             reasoning += choice.delta.model_extra.get("reasoning_content") or ""
             assert (choice.delta.model_extra.get("reasoning") or "") == (
-                choice.delta.model_extra.get("reasoning_content") or "")
+                choice.delta.model_extra.get("reasoning_content") or ""
+            )
             answer += choice.delta.content or ""
             finish = choice.finish_reason or finish
     assert reasoning == whole.choices[0].message.reasoning_content
@@ -108,8 +115,11 @@ def test_effort_levels_are_nested_and_auto_names_the_variant(client):
     for effort in ["none", "low", "medium", "high"]:
         response = _chat(client, temperature=0, reasoning_effort=effort)
         used[effort] = response.usage.completion_tokens_details.reasoning_tokens
-    assert used["none"] == 0 <= used["low"] <= 16 and used["low"] <= used["medium"] <= 64 <= used["high"] or (
-        used["none"] == 0 and used["low"] <= used["medium"] <= used["high"])
+    assert (
+        used["none"] == 0 <= used["low"] <= 16
+        and used["low"] <= used["medium"] <= 64 <= used["high"]
+        or (used["none"] == 0 and used["low"] <= used["medium"] <= used["high"])
+    )
     small = _chat(client, model="auto", temperature=0, extra_body={"thinking_token_budget": 8})
     large = _chat(client, model="auto", temperature=0)
     assert small.model == "lab-short" and large.model == "lab-long"
@@ -145,8 +155,9 @@ def test_bad_input_gets_openai_errors_and_server_keeps_serving(client, kwargs, e
 
 
 def test_unparseable_json_is_a_400(server_url):
-    response = httpx.post(f"{server_url}/v1/chat/completions", content=b"{not json",
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        f"{server_url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400 and "error" in response.json()
 
 
@@ -157,11 +168,20 @@ def _gauge(server_url: str, name: str) -> float:
 
 def test_cancelled_streams_free_their_slots(client, server_url):
     """50 streams dropped by their clients after a few chunks: the server keeps serving, nothing stays running."""
+
     def drop_after_some(i: int):
-        with httpx.stream("POST", f"{server_url}/v1/chat/completions", timeout=60, json={
-            "model": "lab-long" if i % 2 else "lab-short", "messages": MESSAGES, "stream": True,
-            "temperature": 1.0, "max_tokens": 400,
-        }) as response:
+        with httpx.stream(
+            "POST",
+            f"{server_url}/v1/chat/completions",
+            timeout=60,
+            json={
+                "model": "lab-long" if i % 2 else "lab-short",
+                "messages": MESSAGES,
+                "stream": True,
+                "temperature": 1.0,
+                "max_tokens": 400,
+            },
+        ) as response:
             for count, _ in enumerate(response.iter_lines()):
                 if count >= 3:
                     break  # closing the connection mid-stream
@@ -177,8 +197,13 @@ def test_cancelled_streams_free_their_slots(client, server_url):
     assert _gauge(server_url, "l2s_running_requests") == 0
     assert _chat(client, temperature=0, max_tokens=20).choices[0].message is not None
     metrics = httpx.get(f"{server_url}/metrics").text
-    for name in ("l2s_time_to_first_token_seconds", "l2s_time_to_first_answer_token_seconds",
-                 "l2s_reasoning_tokens", "l2s_budget_cuts_total", "l2s_requests_total"):
+    for name in (
+        "l2s_time_to_first_token_seconds",
+        "l2s_time_to_first_answer_token_seconds",
+        "l2s_reasoning_tokens",
+        "l2s_budget_cuts_total",
+        "l2s_requests_total",
+    ):
         assert name in metrics
 
 

@@ -20,8 +20,9 @@ def _variant(tmp_path, name, **kwargs):
 
 def _config(tmp_path, **kwargs):
     variants = [_variant(tmp_path, "long"), _variant(tmp_path, "short", efforts=EffortBudgets(low=2, medium=4, high=8))]
-    return ServerConfig(variants=variants, auto=AutoPolicy(rules=[AutoRule(max_budget=16, variant="short")],
-                                                           default="long"), **kwargs)
+    return ServerConfig(
+        variants=variants, auto=AutoPolicy(rules=[AutoRule(max_budget=16, variant="short")], default="long"), **kwargs
+    )
 
 
 def test_effective_budget(tmp_path):
@@ -55,15 +56,30 @@ def test_auto_by_rules(tmp_path):
 
 def test_auto_by_calibration(tmp_path):
     path = tmp_path / "calibration.json"
-    path.write_text(json.dumps({"variants": {
-        "long": {"efforts": {"low": 30, "medium": 60, "high": 120}, "budgets": [
-            {"budget": 0, "accuracy": 0.1, "mean_reasoning_tokens": 0},
-            {"budget": 16, "accuracy": 0.2, "mean_reasoning_tokens": 16},
-            {"budget": None, "accuracy": 0.95, "mean_reasoning_tokens": 150}]},
-        "short": {"efforts": {"low": 0, "medium": 0, "high": 0}, "budgets": [
-            {"budget": 0, "accuracy": 0.4, "mean_reasoning_tokens": 0},
-            {"budget": 16, "accuracy": 0.4, "mean_reasoning_tokens": 0},
-            {"budget": None, "accuracy": 0.4, "mean_reasoning_tokens": 0}]}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "variants": {
+                    "long": {
+                        "efforts": {"low": 30, "medium": 60, "high": 120},
+                        "budgets": [
+                            {"budget": 0, "accuracy": 0.1, "mean_reasoning_tokens": 0},
+                            {"budget": 16, "accuracy": 0.2, "mean_reasoning_tokens": 16},
+                            {"budget": None, "accuracy": 0.95, "mean_reasoning_tokens": 150},
+                        ],
+                    },
+                    "short": {
+                        "efforts": {"low": 0, "medium": 0, "high": 0},
+                        "budgets": [
+                            {"budget": 0, "accuracy": 0.4, "mean_reasoning_tokens": 0},
+                            {"budget": 16, "accuracy": 0.4, "mean_reasoning_tokens": 0},
+                            {"budget": None, "accuracy": 0.4, "mean_reasoning_tokens": 0},
+                        ],
+                    },
+                }
+            }
+        )
+    )
     calibration = Calibration.load(path)
     config = _config(tmp_path)
     assert choose_variant(config, 20, None, calibration) == "short"  # at budget 16 short is more accurate
@@ -84,7 +100,9 @@ def test_config_validation(tmp_path):
 
 
 def _request(**kwargs):
-    return ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}], **kwargs})
+    return ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], **kwargs}
+    )
 
 
 def test_protocol_budget_fields():
@@ -94,9 +112,15 @@ def test_protocol_budget_fields():
     assert _request(thinking={"type": "disabled"}).requested_budget() == 0
     assert _request(reasoning_effort="minimal").effort() == "low"
     assert _request(max_tokens=5, max_completion_tokens=9).max_output_tokens() == 9
-    for bad in [dict(thinking_token_budget=-2), dict(thinking={"type": "enabled"}),
-                dict(thinking_token_budget=3, thinking={"type": "enabled", "budget_tokens": 3}),
-                dict(messages=[]), dict(n=0), dict(stop=["a"] * 5), dict(reasoning_effort="max")]:
+    for bad in [
+        dict(thinking_token_budget=-2),
+        dict(thinking={"type": "enabled"}),
+        dict(thinking_token_budget=3, thinking={"type": "enabled", "budget_tokens": 3}),
+        dict(messages=[]),
+        dict(n=0),
+        dict(stop=["a"] * 5),
+        dict(reasoning_effort="max"),
+    ]:
         with pytest.raises(ValidationError):
             _request(**bad)
 

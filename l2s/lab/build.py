@@ -46,7 +46,7 @@ class ModelShape(Strict):
     max_position_embeddings: int = Field(1024, gt=0)
 
     @model_validator(mode="after")
-    def _heads_divide_hidden(self) -> "ModelShape":
+    def _heads_divide_hidden(self) -> ModelShape:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError("hidden_size must be a multiple of num_attention_heads")
         return self
@@ -92,7 +92,7 @@ class LabRecipe(Strict):
     measure: Measurement = Measurement()
 
     @classmethod
-    def load(cls, path: str | Path) -> "LabRecipe":
+    def load(cls, path: str | Path) -> LabRecipe:
         return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
 
 
@@ -107,11 +107,24 @@ def _trace_maker(recipe: LabRecipe, styles: dict[str, float]):
     return make
 
 
-def _train_stage(name: str, parent: Path | None, out_dir: Path, recipe: LabRecipe, styles: dict[str, float],
-                 stage: Stage, tokenizer: PreTrainedTokenizerFast, problems: list[Problem], seed: int) -> Path:
+def _train_stage(
+    name: str,
+    parent: Path | None,
+    out_dir: Path,
+    recipe: LabRecipe,
+    styles: dict[str, float],
+    stage: Stage,
+    tokenizer: PreTrainedTokenizerFast,
+    problems: list[Problem],
+    seed: int,
+) -> Path:
     stage_recipe = {"lab": recipe.model_dump(), "stage": name, "styles": styles}
     card = read_card(out_dir)
-    if card and card.get("recipe_hash") == stable_hash(stage_recipe) and (not parent or card.get("parent_hash") == (read_card(parent) or {}).get("recipe_hash")):
+    if (
+        card
+        and card.get("recipe_hash") == stable_hash(stage_recipe)
+        and (not parent or card.get("parent_hash") == (read_card(parent) or {}).get("recipe_hash"))
+    ):
         print(f"{name}: cached at {out_dir}")
         return out_dir
     if parent is None:
@@ -134,7 +147,9 @@ def _train_stage(name: str, parent: Path | None, out_dir: Path, recipe: LabRecip
     else:
         model = LlamaForCausalLM.from_pretrained(parent, dtype=torch.float32)
     settings = TrainSettings(
-        steps=stage.steps, batch_size=stage.batch_size, learning_rate=stage.learning_rate,
+        steps=stage.steps,
+        batch_size=stage.batch_size,
+        learning_rate=stage.learning_rate,
         warmup_steps=stage.warmup_steps,
     )
     started = time.time()
@@ -155,7 +170,11 @@ def _train_stage(name: str, parent: Path | None, out_dir: Path, recipe: LabRecip
             parameters=sum(p.numel() for p in model.parameters()),
             seed=seed,
             data={"task": "lab", "train_problems": len(problems), "styles": styles},
-            training={"steps": stage.steps, "seconds": round(seconds, 1), "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4)},
+            training={
+                "steps": stage.steps,
+                "seconds": round(seconds, 1),
+                "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
+            },
         )
         write_card(temporary, card)
     return out_dir
@@ -182,8 +201,14 @@ def measure(model_dir: Path, problems: list[Problem], recipe: LabRecipe, sample:
         }
         if sample:
             k = recipe.measure.samples
-            groups = generate(engine, questions, num_samples=k, temperature=1.0, max_tokens=recipe.measure.max_tokens,
-                              seed=recipe.seed)
+            groups = generate(
+                engine,
+                questions,
+                num_samples=k,
+                temperature=1.0,
+                max_tokens=recipe.measure.max_tokens,
+                seed=recipe.seed,
+            )
             covered, shortest_ratio, lengths = 0, [], []
             for samples, problem in zip(groups, problems):
                 sample_lengths = [s.reasoning_tokens + s.answer_tokens for s in samples]
@@ -196,7 +221,11 @@ def measure(model_dir: Path, problems: list[Problem], recipe: LabRecipe, sample:
                 "k": k,
                 "temperature": 1.0,
                 "pass_at_k": round(covered / len(problems), 4),
-                "sample_accuracy": round(sum(is_correct(s.answer_text, p) for g, p in zip(groups, problems) for s in g) / (k * len(problems)), 4),
+                "sample_accuracy": round(
+                    sum(is_correct(s.answer_text, p) for g, p in zip(groups, problems) for s in g)
+                    / (k * len(problems)),
+                    4,
+                ),
                 "mean_sample_tokens": round(statistics.mean(lengths), 2),
                 "shortest_correct_over_mean": round(statistics.mean(shortest_ratio), 4) if shortest_ratio else None,
             }
@@ -213,15 +242,36 @@ def build(out: Path, recipe_path: Path = DEFAULT_RECIPE, force_measure: bool = F
     test = generate_problems("test", recipe.measure.test_problems, seed=recipe.seed)
     rng = random.Random(recipe.seed)
     maker = _trace_maker(recipe, {"long": 1, "short": 1, "none": 1})
-    tokenizer = train_tokenizer([p.question for p in problems[:3000]] + [maker(p, rng) for p in problems[:3000] for _ in range(2)],
-                                vocab_size=recipe.vocab_size)
-    base = _train_stage("lab-base", None, out / "lab-base", recipe, dict(recipe.base.style_mix), recipe.base,
-                        tokenizer, problems, recipe.seed)
+    tokenizer = train_tokenizer(
+        [p.question for p in problems[:3000]] + [maker(p, rng) for p in problems[:3000] for _ in range(2)],
+        vocab_size=recipe.vocab_size,
+    )
+    base = _train_stage(
+        "lab-base",
+        None,
+        out / "lab-base",
+        recipe,
+        dict(recipe.base.style_mix),
+        recipe.base,
+        tokenizer,
+        problems,
+        recipe.seed,
+    )
     tokenizer = PreTrainedTokenizerFast.from_pretrained(base)  # the base's own, also when it came from the cache
-    long = _train_stage("lab-long", base, out / "lab-long", recipe, {"long": 1.0}, recipe.long,
-                        tokenizer, problems, recipe.seed + 1)
-    short = _train_stage("lab-short", base, out / "lab-short", recipe, {recipe.short.style: 1.0}, recipe.short,
-                         tokenizer, problems, recipe.seed + 2)
+    long = _train_stage(
+        "lab-long", base, out / "lab-long", recipe, {"long": 1.0}, recipe.long, tokenizer, problems, recipe.seed + 1
+    )
+    short = _train_stage(
+        "lab-short",
+        base,
+        out / "lab-short",
+        recipe,
+        {recipe.short.style: 1.0},
+        recipe.short,
+        tokenizer,
+        problems,
+        recipe.seed + 2,
+    )
     results = {}
     for model_dir, sample in ((long, True), (short, False)):
         card = read_card(model_dir) or {}

@@ -45,7 +45,7 @@ class Problem:
         return record
 
     @classmethod
-    def from_dict(cls, record: dict) -> "Problem":
+    def from_dict(cls, record: dict) -> Problem:
         return cls(id=record["id"], level=record["level"], terms=tuple(record["terms"]), answer=record["answer"])
 
 

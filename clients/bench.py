@@ -1,0 +1,252 @@
+"""Side-by-side serving benchmark: our server against vLLM's own OpenAI server, same model, same client.
+
+    python clients/bench.py [--model models/lab-long] [--concurrency 1,8,32] [--requests 64] [--rounds 2] --out DIR
+
+Starts (a) `l2s serve` hosting only the given model and (b) `python -m vllm.entrypoints.openai.api_server` on it,
+both on loopback, then runs the same streaming workload against each, alternating, at each concurrency: output
+tokens/s, TTFT p50/p99 and TPOT, and the ratios ours/vLLM. Then budgeted vs unbudgeted requests on ours.
+Writes DIR/bench.json. A benchmark, not a test: figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from l2s.lab.task import generate_problems
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait(url: str, process: subprocess.Popen, timeout: float = 400) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"a server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"{url} did not become healthy")
+
+
+def start_servers(model: Path, out: Path) -> tuple[dict[str, str], list[subprocess.Popen], Path]:
+    only = Path(tempfile.mkdtemp(prefix="l2s-bench-"))
+    (only / model.name).symlink_to(model.resolve())
+    ours_port, vllm_port = _port(), _port()
+    environment = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0"}
+    ours = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "l2s.cli",
+            "serve",
+            "--models-dir",
+            str(only),
+            "--config",
+            "",
+            "--port",
+            str(ours_port),
+            "--log-level",
+            "warning",
+        ],
+        stdout=(out / "ours.log").open("w"),
+        stderr=subprocess.STDOUT,
+        env=environment,
+    )
+    theirs = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model),
+            "--served-model-name",
+            model.name,
+            "--port",
+            str(vllm_port),
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            "1024",
+            "--reasoning-parser",
+            "deepseek_r1",
+            "--no-enable-chunked-prefill",
+            "--max-num-batched-tokens",
+            "8192",
+            "--disable-log-stats",
+        ],
+        stdout=(out / "vllm.log").open("w"),
+        stderr=subprocess.STDOUT,
+        env={**environment, "VLLM_CPU_OMP_THREADS_BIND": "1"},
+    )
+    urls = {"ours": f"http://127.0.0.1:{ours_port}", "vllm": f"http://127.0.0.1:{vllm_port}"}
+    for url, process in zip(urls.values(), (ours, theirs)):
+        _wait(url, process)
+    return urls, [ours, theirs], only
+
+
+async def one_stream(client: httpx.AsyncClient, url: str, model: str, prompt: str, extra: dict) -> dict:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": True,
+        "temperature": 0,
+        "max_tokens": 768,
+        "stream_options": {"include_usage": True},
+        **extra,
+    }
+    started = time.perf_counter()
+    first = None
+    tokens = 0
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            if first is None and any(
+                c.get("delta", {}).get("content")
+                or c.get("delta", {}).get("reasoning_content")
+                or c.get("delta", {}).get("reasoning")
+                for c in chunk.get("choices", [])
+            ):
+                first = time.perf_counter()
+    ended = time.perf_counter()
+    first = first or ended
+    return {
+        "ttft": first - started,
+        "latency": ended - started,
+        "tokens": tokens,
+        "tpot": (ended - first) / max(1, tokens - 1),
+    }
+
+
+async def workload(url: str, model: str, prompts: list[str], concurrency: int, extra: dict) -> dict:
+    limit = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=600) as client:
+
+        async def run(prompt: str) -> dict:
+            async with limit:
+                return await one_stream(client, url, model, prompt, extra)
+
+        started = time.perf_counter()
+        results = await asyncio.gather(*(run(p) for p in prompts))
+        elapsed = time.perf_counter() - started
+    ttfts = sorted(r["ttft"] for r in results)
+    return {
+        "requests": len(results),
+        "concurrency": concurrency,
+        "seconds": elapsed,
+        "output_tokens_per_s": sum(r["tokens"] for r in results) / elapsed,
+        "ttft_p50_s": statistics.median(ttfts),
+        "ttft_p99_s": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))],
+        "tpot_mean_s": statistics.mean(r["tpot"] for r in results),
+    }
+
+
+def _merge_rounds(rounds: list[dict]) -> dict:
+    keys = ("output_tokens_per_s", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s")
+    return {**{k: statistics.median(r[k] for r in rounds) for k in keys}, "rounds": rounds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models/lab-long")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--requests", type=int, default=64, help="requests per run (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs per server (default: %(default)s)")
+    parser.add_argument("--budget", type=int, default=32, help="budget of the budgeted comparison")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    model, out = Path(args.model), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = [p.question for p in generate_problems("validation", args.requests, seed=5)]
+    urls, processes, scratch = start_servers(model, out)
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "model": str(model),
+        "requests_per_run": args.requests,
+        "side_by_side": {},
+        "budgeted": {},
+    }
+    try:
+        for concurrency in (int(c) for c in args.concurrency.split(",")):
+            runs = {"ours": [], "vllm": []}
+            asyncio.run(workload(urls["ours"], model.name, prompts[:4], concurrency, {}))  # warm-up
+            asyncio.run(workload(urls["vllm"], model.name, prompts[:4], concurrency, {}))
+            for _ in range(args.rounds):
+                for name in ("ours", "vllm"):  # alternating, so drift hits both alike
+                    runs[name].append(asyncio.run(workload(urls[name], model.name, prompts, concurrency, {})))
+            ours, theirs = _merge_rounds(runs["ours"]), _merge_rounds(runs["vllm"])
+            report["side_by_side"][str(concurrency)] = {
+                "ours": ours,
+                "vllm": theirs,
+                "throughput_ratio": ours["output_tokens_per_s"] / theirs["output_tokens_per_s"],
+                "ttft_p50_ratio": ours["ttft_p50_s"] / theirs["ttft_p50_s"],
+                "ttft_p99_ratio": ours["ttft_p99_s"] / theirs["ttft_p99_s"],
+                "tpot_ratio": ours["tpot_mean_s"] / theirs["tpot_mean_s"],
+            }
+            print(
+                json.dumps(
+                    {
+                        concurrency: {
+                            k: v for k, v in report["side_by_side"][str(concurrency)].items() if k.endswith("ratio")
+                        }
+                    }
+                )
+            )
+        top = max(int(c) for c in args.concurrency.split(","))
+        unbudgeted = [asyncio.run(workload(urls["ours"], model.name, prompts, top, {})) for _ in range(args.rounds)]
+        budgeted = [
+            asyncio.run(workload(urls["ours"], model.name, prompts, top, {"thinking_token_budget": args.budget}))
+            for _ in range(args.rounds)
+        ]
+        report["budgeted"] = {
+            "concurrency": top,
+            "budget": args.budget,
+            "unbudgeted": _merge_rounds(unbudgeted),
+            "budgeted": _merge_rounds(budgeted),
+        }
+        report["budgeted"]["throughput_ratio"] = (
+            report["budgeted"]["budgeted"]["output_tokens_per_s"]
+            / report["budgeted"]["unbudgeted"]["output_tokens_per_s"]
+        )
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(scratch, ignore_errors=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out / 'bench.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""RL end to end on the lab: one iteration, and resuming after an interruption gives the same weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from l2s.cards import read_card
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--problems-per-iteration", "6", "--k", "4", "--max-tokens", "400", "--length-warmup-iterations", "1"]
+
+
+def _rl(cwd, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "l2s.cli", "distill", "rl", *SMALL, *args],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=cwd,
+    )
+
+
+def test_one_iteration(lab_models, tmp_path):
+    result = _rl(
+        tmp_path, "--model", str(lab_models / "lab-long"), "--iterations", "1", "--out", str(tmp_path / "lab-rl")
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    card = read_card(tmp_path / "lab-rl")
+    assert card["method"] == "rl-opmd" and card["parents"] == ["lab-long"] and card["training"]["iterations"] == 1
+    metrics = [json.loads(line) for line in (tmp_path / "runs/rl/lab-rl/metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1 and metrics[0]["problems"] == 6
+    for key in ("accuracy", "mean_length", "mean_reward", "kl_term", "sampling_seconds", "training_seconds"):
+        assert key in metrics[0]
+    assert (tmp_path / "runs/rl/lab-rl/training_curve.png").is_file()
+
+
+def test_resume_equals_an_uninterrupted_run(lab_models, tmp_path):
+    model = str(lab_models / "lab-long")
+    (tmp_path / "a").mkdir()
+    straight = _rl(tmp_path / "a", "--model", model, "--iterations", "2", "--out", str(tmp_path / "a/lab-rl"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    (tmp_path / "b").mkdir()
+    first = _rl(
+        tmp_path / "b", "--model", model, "--iterations", "2", "--stop-after", "1", "--out", str(tmp_path / "b/lab-rl")
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert not (tmp_path / "b/lab-rl").exists()  # interrupted: no finished model
+    resumed = _rl(
+        tmp_path / "b", "--model", model, "--iterations", "2", "--resume", "--out", str(tmp_path / "b/lab-rl")
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    weights_a = load_file(tmp_path / "a/lab-rl/model.safetensors")
+    weights_b = load_file(tmp_path / "b/lab-rl/model.safetensors")
+    assert weights_a.keys() == weights_b.keys()
+    for name in weights_a:
+        assert torch.allclose(weights_a[name], weights_b[name], atol=1e-6), name
+    history_a = read_card(tmp_path / "a/lab-rl")["training"]["history"]
+    history_b = read_card(tmp_path / "b/lab-rl")["training"]["history"]
+    assert [h["accuracy"] for h in history_a] == [h["accuracy"] for h in history_b]
