@@ -19,7 +19,7 @@ def test_generator_is_deterministic_and_splits_are_disjoint():
 
 
 def test_levels_are_balanced_and_shaped():
-    problems = generate_problems("test", 400, seed=3)
+    problems = generate_problems("test", 100 * len(LEVELS), seed=3)
     for level, (terms, digits) in LEVELS.items():
         of_level = [p for p in problems if p.level == level]
         assert len(of_level) == 100
@@ -51,7 +51,7 @@ def test_column_addition():
 
 
 def test_traces_are_correct_and_long_ones_vary():
-    problem = generate_problems("train", 4, seed=1, levels=(4,))[0]
+    problem = generate_problems("train", 4, seed=1, levels=(max(LEVELS),))[0]
     rng = random.Random(0)
     long_texts = [completion(problem, "long", rng) for _ in range(50)]
     for text in long_texts + [completion(problem, "short", rng), completion(problem, "none", rng)]:
@@ -67,3 +67,8 @@ def test_traces_are_correct_and_long_ones_vary():
 
     bare = long_reasoning(problem, rng, LongTraceOptions(plan=0, check=0, redo=0)).splitlines()
     assert len(bare) == 2 * (len(problem.terms) - 1) and bare[-1].endswith(f"so {problem.answer}.")
+
+
+def test_asking_for_more_problems_than_a_level_has_is_an_error():
+    with pytest.raises(ValueError, match="distinct test problems"):
+        generate_problems("test", 3000)

@@ -82,7 +82,7 @@ class Measurement(Strict):
 
 class LabRecipe(Strict):
     seed: int = 0
-    train_problems: int = Field(40000, gt=0)
+    train_problems: int = Field(18000, gt=0)
     vocab_size: int = Field(512, gt=300)
     model: ModelShape = ModelShape()
     long_traces: LongTraces = LongTraces()
