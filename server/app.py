@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
+import signal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -69,8 +71,10 @@ def build_app(config: ServerConfig, calibration: Calibration | None = None, api_
 
 
 def _log_failure(task: asyncio.Task) -> None:
+    """An engine that cannot start leaves nothing to serve: say why and stop, rather than answer 503 forever."""
     if not task.cancelled() and task.exception() is not None:
         logger.error("engine start-up failed: %s", task.exception())
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 __all__ = ["build_app", "JSONResponse"]

@@ -7,6 +7,7 @@ request; cancelling the iteration (a client that went away) aborts the request i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -141,26 +142,29 @@ class VariantEngine:
         generated = [0] * n  # every generated token, end-of-sequence included (as vLLM's own usage counts)
         self.in_flight += 1
         try:
-            async for output in self.engine.generate({"prompt_token_ids": prompt_ids}, sampling, request_id):
-                for choice in output.outputs:
-                    splitter = splitters[choice.index]
-                    generated[choice.index] += len(choice.token_ids)
-                    token_ids = [t for t in choice.token_ids if t != self.tokenizer.eos_token_id]
-                    reasoning, answer = splitter.feed(choice.text, token_ids)
-                    if choice.finish_reason is not None:
-                        tail_reasoning, tail_answer = splitter.flush()
-                        reasoning, answer = reasoning + tail_reasoning, answer + tail_answer
-                    split = splitter.split
-                    yield (
-                        choice.index,
-                        Chunk(
-                            reasoning=reasoning,
-                            answer=answer,
-                            reasoning_tokens=split.reasoning_tokens,
-                            answer_tokens=split.answer_tokens,
-                            completion_tokens=generated[choice.index],
-                            finish_reason=choice.finish_reason,
-                        ),
-                    )
+            # aclosing: when our caller stops early, vLLM's generator is closed at once, which aborts the request
+            outputs = self.engine.generate({"prompt_token_ids": prompt_ids}, sampling, request_id)
+            async with contextlib.aclosing(outputs):
+                async for output in outputs:
+                    for choice in output.outputs:
+                        splitter = splitters[choice.index]
+                        generated[choice.index] += len(choice.token_ids)
+                        token_ids = [t for t in choice.token_ids if t != self.tokenizer.eos_token_id]
+                        reasoning, answer = splitter.feed(choice.text, token_ids)
+                        if choice.finish_reason is not None:
+                            tail_reasoning, tail_answer = splitter.flush()
+                            reasoning, answer = reasoning + tail_reasoning, answer + tail_answer
+                        split = splitter.split
+                        yield (
+                            choice.index,
+                            Chunk(
+                                reasoning=reasoning,
+                                answer=answer,
+                                reasoning_tokens=split.reasoning_tokens,
+                                answer_tokens=split.answer_tokens,
+                                completion_tokens=generated[choice.index],
+                                finish_reason=choice.finish_reason,
+                            ),
+                        )
         finally:
             self.in_flight -= 1

@@ -71,6 +71,31 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     return JSONResponse(await _unless_disconnected(request, service.complete(body, plan)))
 
 
+async def _until_disconnected(request: Request, events):
+    """Pass SSE events on; when the client goes away, close the generation (which aborts it in the engine).
+
+    Starlette stops pulling from a stream whose client left but does not close it, so a watcher waits for the
+    disconnect and closes the stream itself; otherwise the request would stay counted as running until
+    garbage collection."""
+
+    async def close_on_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        while events.ag_frame is not None:  # until closed
+            if not events.ag_running:  # suspended between events: safe to close from here
+                await events.aclose()
+                return
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(close_on_disconnect())
+    try:
+        async for event in events:
+            yield event
+    finally:
+        watcher.cancel()
+        await events.aclose()
+
+
 async def _unless_disconnected(request: Request, work):
     """Run `work`, cancelling it (and so aborting the generation in the engine) if the client goes away."""
     task = asyncio.ensure_future(work)

@@ -4,6 +4,7 @@ OpenAI response (whole or as server-sent events), and records metrics."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -115,12 +116,14 @@ class ChatService:
         texts = [["", ""] for _ in range(plan.n)]
         finals: list[Chunk | None] = [None] * plan.n
         try:
-            async for index, chunk in plan.engine.stream(completion_id(), plan.prompt_ids, plan.params, plan.n):
-                state.observe(chunk)
-                texts[index][0] += chunk.reasoning
-                texts[index][1] += chunk.answer
-                if chunk.finish_reason is not None:
-                    finals[index] = chunk
+            chunks = plan.engine.stream(completion_id(), plan.prompt_ids, plan.params, plan.n)
+            async with contextlib.aclosing(chunks):
+                async for index, chunk in chunks:
+                    state.observe(chunk)
+                    texts[index][0] += chunk.reasoning
+                    texts[index][1] += chunk.answer
+                    if chunk.finish_reason is not None:
+                        finals[index] = chunk
         except BaseException:
             state.finish(ok=False)
             raise
@@ -177,20 +180,22 @@ class ChatService:
                         }
                     ]
                 )
-            async for index, chunk in plan.engine.stream(identifier, plan.prompt_ids, plan.params, plan.n):
-                state.observe(chunk)
-                reasoning = chunk.reasoning if request.include_reasoning else ""
-                choice = {
-                    "index": index,
-                    "delta": delta(chunk.answer, reasoning),
-                    "logprobs": None,
-                    "finish_reason": chunk.finish_reason,
-                }
-                if chunk.finish_reason is not None:
-                    finals[index] = chunk
-                    choice["reasoning_truncated"] = _truncated(chunk, plan.budget)
-                if choice["delta"] or chunk.finish_reason is not None:
-                    yield event([choice])
+            chunks = plan.engine.stream(identifier, plan.prompt_ids, plan.params, plan.n)
+            async with contextlib.aclosing(chunks):
+                async for index, chunk in chunks:
+                    state.observe(chunk)
+                    reasoning = chunk.reasoning if request.include_reasoning else ""
+                    choice = {
+                        "index": index,
+                        "delta": delta(chunk.answer, reasoning),
+                        "logprobs": None,
+                        "finish_reason": chunk.finish_reason,
+                    }
+                    if chunk.finish_reason is not None:
+                        finals[index] = chunk
+                        choice["reasoning_truncated"] = _truncated(chunk, plan.budget)
+                    if choice["delta"] or chunk.finish_reason is not None:
+                        yield event([choice])
             if request.stream_options and request.stream_options.include_usage:
                 yield event([], _usage(plan, finals))
             ok = True
