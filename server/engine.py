@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from l2s.generation import cpu_scheduling
 from l2s.reasoning import ReasoningMarkers, ReasoningStream
 from server.config import VariantConfig
 
@@ -99,6 +100,7 @@ class VariantEngine:
             enable_prefix_caching=True,
             disable_log_stats=True,
             **({"gpu_memory_utilization": settings.gpu_memory_utilization} if _cuda_available() else {}),
+            **cpu_scheduling(settings.max_model_len),  # keeps seeded requests from killing a CPU engine
         )
         # Building the engine blocks (it starts worker processes and loads weights): keep the loop free.
         engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
