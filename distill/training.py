@@ -28,7 +28,7 @@ def common_training_arguments(recipe, work_dir: Path, max_length: int) -> dict:
         learning_rate=recipe.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=recipe.warmup_steps,
-        logging_steps=10,
+        logging_steps=min(10, recipe.max_steps or 10),  # short runs still log their loss
         save_strategy="steps",
         save_steps=recipe.save_steps,
         save_total_limit=2,
