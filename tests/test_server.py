@@ -174,7 +174,7 @@ def _gauge(server_url: str, name: str) -> float:
     return sum(float(value) for value in re.findall(rf"^{name}\{{[^}}]*\}} ([0-9.e+-]+)$", text, re.M))
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a few of 50 dropped streams stay counted as running (and may "
+@pytest.mark.xfail(strict=False, reason="known bug: some of 50 dropped streams stay counted as running (and may "
                    "keep generating) after their clients leave; see the closing note of this session")
 def test_cancelled_streams_free_their_slots(client, server_url):
     """50 streams dropped by their clients after a few chunks: the server keeps serving, nothing stays running."""
