@@ -12,9 +12,15 @@ from pathlib import Path
 from pydantic import Field
 
 from distill.recipe import Recipe
-from distill.sampling import SampleSettings, draw_samples, sampling_summary
+from distill.sampling import sampling_summary
 from distill.selection import dpo_pairs
-from distill.training import WORK_DIR, common_training_arguments, save_model, train_resumably, training_problems
+from distill.training import (
+    WORK_DIR,
+    common_training_arguments,
+    sample_training_problems,
+    save_model,
+    train_resumably,
+)
 
 
 class DPORecipe(Recipe):
@@ -40,12 +46,7 @@ def run(recipe: DPORecipe, out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    problems = training_problems(recipe.num_problems, recipe.seed)
-    settings = SampleSettings(
-        k=recipe.k, temperature=recipe.temperature, max_tokens=recipe.max_tokens, seed=recipe.seed
-    )
-    groups = draw_samples(recipe.model, problems, settings)
-    print("samples:", sampling_summary(groups))
+    problems, groups = sample_training_problems(recipe)
     pairs, longest = [], 0
     for problem in problems:
         for chosen, rejected in dpo_pairs(groups[problem.id], recipe.long_ratio, recipe.max_pairs_per_problem):

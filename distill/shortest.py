@@ -11,9 +11,15 @@ from pathlib import Path
 from pydantic import Field
 
 from distill.recipe import Recipe
-from distill.sampling import SampleSettings, draw_samples, sampling_summary
+from distill.sampling import sampling_summary
 from distill.selection import shortest_correct
-from distill.training import WORK_DIR, common_training_arguments, save_model, train_resumably, training_problems
+from distill.training import (
+    WORK_DIR,
+    common_training_arguments,
+    sample_training_problems,
+    save_model,
+    train_resumably,
+)
 
 
 class ShortestRecipe(Recipe):
@@ -44,12 +50,7 @@ def run(recipe: ShortestRecipe, out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    problems = training_problems(recipe.num_problems, recipe.seed)
-    settings = SampleSettings(
-        k=recipe.k, temperature=recipe.temperature, max_tokens=recipe.max_tokens, seed=recipe.seed
-    )
-    groups = draw_samples(recipe.model, problems, settings)
-    print("samples:", sampling_summary(groups))
+    problems, groups = sample_training_problems(recipe)
     examples, lengths = [], []
     for problem in problems:
         chosen = shortest_correct(groups[problem.id])

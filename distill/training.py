@@ -17,6 +17,19 @@ def training_problems(num_problems: int, seed: int) -> list[Problem]:
     return generate_problems("train", num_problems, seed=seed + 101)
 
 
+def sample_training_problems(recipe) -> tuple[list[Problem], dict]:
+    """The training problems and the recipe's k verified samples of each (shared by shortest and dpo)."""
+    from distill.sampling import SampleSettings, draw_samples, sampling_summary
+
+    problems = training_problems(recipe.num_problems, recipe.seed)
+    settings = SampleSettings(
+        k=recipe.k, temperature=recipe.temperature, max_tokens=recipe.max_tokens, seed=recipe.seed
+    )
+    groups = draw_samples(recipe.model, problems, settings)
+    print("samples:", sampling_summary(groups))
+    return problems, groups
+
+
 def common_training_arguments(recipe, work_dir: Path, max_length: int) -> dict:
     """Settings every TRL trainer here takes: CPU, checkpoints every `save_steps` (kept: the last two), loss
     logged every 10 steps, a progress bar, no external reporting."""

@@ -10,11 +10,10 @@ import os
 import signal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
 from server.budgets import Calibration
 from server.config import ServerConfig
-from server.errors import APIError, error_response
+from server.errors import APIError, error_response, install_error_handlers
 from server.routes import router
 from server.service import ChatService
 
@@ -45,8 +44,6 @@ def build_app(config: ServerConfig, calibration: Calibration | None = None, api_
         description="OpenAI-compatible chat completions over long- and short-thinking variants.",
     )
     app.state.service = service
-    from server.errors import install_error_handlers
-
     install_error_handlers(app)
     app.include_router(router)
 
@@ -77,4 +74,4 @@ def _log_failure(task: asyncio.Task) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-__all__ = ["build_app", "JSONResponse"]
+__all__ = ["build_app"]
