@@ -119,27 +119,34 @@ class VariantEngine:
             self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         )
 
-    async def stream(
-        self, request_id: str, prompt_ids: list[int], params: GenerationParams, n: int = 1
-    ) -> AsyncIterator[tuple[int, Chunk]]:
-        """Yield (choice index, chunk) as the engine produces tokens, for `n` choices."""
+    def sampling_params(self, params: GenerationParams, n: int = 1):
+        """vLLM's sampling parameters for one request. Built before the response starts, so that whatever vLLM
+        itself rejects raises `ValueError` here (a 400) rather than failing mid-stream."""
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind
 
-        sampling = SamplingParams(
-            n=n,
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k,
-            seed=params.seed,
-            stop=params.stop or None,
-            presence_penalty=params.presence_penalty,
-            frequency_penalty=params.frequency_penalty,
-            thinking_token_budget=params.thinking_token_budget,
-            output_kind=RequestOutputKind.DELTA,
-            skip_special_tokens=True,
-        )
+        try:
+            return SamplingParams(
+                n=n,
+                max_tokens=params.max_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k,
+                seed=params.seed,
+                stop=params.stop or None,
+                presence_penalty=params.presence_penalty,
+                frequency_penalty=params.frequency_penalty,
+                thinking_token_budget=params.thinking_token_budget,
+                output_kind=RequestOutputKind.DELTA,
+                skip_special_tokens=True,
+            )
+        except VLLMClientError as error:  # not a ValueError subclass
+            raise ValueError(str(error)) from None
+
+    async def stream(self, request_id: str, prompt_ids: list[int], sampling) -> AsyncIterator[tuple[int, Chunk]]:
+        """Yield (choice index, chunk) as the engine produces tokens, for each of `sampling.n` choices."""
+        n = sampling.n
         splitters = [ReasoningStream(self.start_id, self.end_id, self.markers) for _ in range(n)]
         generated = [0] * n  # every generated token, end-of-sequence included (as vLLM's own usage counts)
         self.in_flight += 1

@@ -49,11 +49,20 @@ class ThinkingConfig(BaseModel):
     budget_tokens: int | None = Field(None, ge=0)
 
 
+Q = "What is 23+58?"
+REQUEST_EXAMPLES = [  # shown in /docs, and what schemathesis starts from to reach the engines
+    {"model": "lab-long", "messages": [{"role": "user", "content": Q}], "max_tokens": 200},
+    {"model": "lab-short", "messages": [{"role": "user", "content": Q}], "stream": True},
+    {"model": "lab-long", "messages": [{"role": "user", "content": Q}], "thinking_token_budget": 16, "seed": 1},
+    {"model": "auto", "messages": [{"role": "user", "content": Q}], "reasoning_effort": "low"},
+]
+
+
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": REQUEST_EXAMPLES})
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    model: str = Field(min_length=1, max_length=256)
+    model: str = Field(min_length=1, max_length=256, examples=["lab-long", "lab-short", "auto"])
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -86,6 +95,8 @@ class ChatCompletionRequest(BaseModel):
     def _bounded_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
         if isinstance(stop, list) and len(stop) > 4:
             raise ValueError("at most 4 stop sequences")
+        if stop == "" or (isinstance(stop, list) and "" in stop):
+            raise ValueError("stop sequences must not be empty")
         return stop
 
     @model_validator(mode="after")

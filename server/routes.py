@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -66,34 +67,44 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     plan = service.plan(body)
     if body.stream:
         return StreamingResponse(
-            service.stream(body, plan), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            _until_disconnected(request, service.stream(body, plan)),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
         )
     return JSONResponse(await _unless_disconnected(request, service.complete(body, plan)))
 
 
 async def _until_disconnected(request: Request, events):
-    """Pass SSE events on; when the client goes away, close the generation (which aborts it in the engine).
+    """Pass SSE events on; when the client goes away, cancel the generation (which aborts it in the engine).
 
-    Starlette stops pulling from a stream whose client left but does not close it, so a watcher waits for the
-    disconnect and closes the stream itself; otherwise the request would stay counted as running until
-    garbage collection."""
+    Starlette stops pulling from a stream whose client left but never closes it, and closing an async generator
+    from another task races with it. So the events are produced by a task of our own into a queue, and a
+    watcher that sees `http.disconnect` cancels that task: cancellation always reaches the engine's generator,
+    whose cleanup aborts the request and frees its slot."""
+    queue: asyncio.Queue = asyncio.Queue()
+    finished = object()
 
-    async def close_on_disconnect() -> None:
+    async def produce() -> None:
+        try:
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    queue.put_nowait(event)
+        finally:
+            queue.put_nowait(finished)
+
+    async def cancel_on_disconnect() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
-        while events.ag_frame is not None:  # until closed
-            if not events.ag_running:  # suspended between events: safe to close from here
-                await events.aclose()
-                return
-            await asyncio.sleep(0.02)
+        producer.cancel()
 
-    watcher = asyncio.create_task(close_on_disconnect())
+    producer = asyncio.create_task(produce())
+    watcher = asyncio.create_task(cancel_on_disconnect())
     try:
-        async for event in events:
+        while (event := await queue.get()) is not finished:
             yield event
     finally:
         watcher.cancel()
-        await events.aclose()
+        producer.cancel()
 
 
 async def _unless_disconnected(request: Request, work):

@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from l2s.reasoning import ReasoningMarkers
 from server.budgets import Calibration, choose_variant, effective_budget
@@ -25,7 +26,7 @@ class Plan:
 
     engine: VariantEngine
     prompt_ids: list[int]
-    params: GenerationParams
+    sampling: Any  # vLLM's SamplingParams, validated when the request was planned
     budget: int | None
     n: int
 
@@ -107,7 +108,11 @@ class ChatService:
             presence_penalty=request.presence_penalty or 0.0,
             frequency_penalty=request.frequency_penalty or 0.0,
         )
-        return Plan(engine=engine, prompt_ids=prompt_ids, params=params, budget=budget, n=request.n)
+        try:
+            sampling = engine.sampling_params(params, request.n)
+        except ValueError as error:  # what vLLM itself rejects (its validation errors are ValueErrors)
+            raise APIError(400, str(error)[:500], code="invalid_parameter") from None
+        return Plan(engine=engine, prompt_ids=prompt_ids, sampling=sampling, budget=budget, n=request.n)
 
     # --- running ------------------------------------------------------------------------------------------------
     async def complete(self, request: ChatCompletionRequest, plan: Plan) -> dict:
@@ -116,7 +121,7 @@ class ChatService:
         texts = [["", ""] for _ in range(plan.n)]
         finals: list[Chunk | None] = [None] * plan.n
         try:
-            chunks = plan.engine.stream(completion_id(), plan.prompt_ids, plan.params, plan.n)
+            chunks = plan.engine.stream(completion_id(), plan.prompt_ids, plan.sampling)
             async with contextlib.aclosing(chunks):
                 async for index, chunk in chunks:
                     state.observe(chunk)
@@ -180,7 +185,7 @@ class ChatService:
                         }
                     ]
                 )
-            chunks = plan.engine.stream(identifier, plan.prompt_ids, plan.params, plan.n)
+            chunks = plan.engine.stream(identifier, plan.prompt_ids, plan.sampling)
             async with contextlib.aclosing(chunks):
                 async for index, chunk in chunks:
                     state.observe(chunk)
