@@ -42,7 +42,7 @@ lab-rl: setup
 # The README's evaluation table: every lab variant found, offline on vLLM, 500 test problems.
 lab-eval: setup
 	$(BIN)/l2s eval --offline $(foreach m,$(wildcard $(MODELS)/lab-long $(MODELS)/lab-short $(MODELS)/lab-merge $(MODELS)/lab-shortest $(MODELS)/lab-dpo $(MODELS)/lab-rl),--model $(m)) \
-		--task lab --num-problems 500 --budgets none,0,16,32,64 --calibrate --out results/lab-eval
+		--task lab --num-problems 500 --budgets none,0,32,64,128 --calibrate --out results/lab-eval
 
 serve: setup
 	$(BIN)/l2s serve --models-dir $(MODELS) --host 127.0.0.1 --port 8000

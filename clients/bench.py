@@ -16,8 +16,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,52 +26,15 @@ from pathlib import Path
 import httpx
 
 from l2s.lab.task import generate_problems
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait(url: str, process: subprocess.Popen, timeout: float = 400) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"a server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"{url} did not become healthy")
+from l2s.local_server import free_port, start_server, stop_server, wait_healthy
 
 
 def start_servers(model: Path, out: Path) -> tuple[dict[str, str], list[subprocess.Popen], Path]:
     only = Path(tempfile.mkdtemp(prefix="l2s-bench-"))
     (only / model.name).symlink_to(model.resolve())
-    ours_port, vllm_port = _port(), _port()
     environment = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0"}
-    ours = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "l2s.cli",
-            "serve",
-            "--models-dir",
-            str(only),
-            "--config",
-            "",
-            "--port",
-            str(ours_port),
-            "--log-level",
-            "warning",
-        ],
-        stdout=(out / "ours.log").open("w"),
-        stderr=subprocess.STDOUT,
-        env=environment,
-    )
+    ours, ours_url = start_server(only, "--config", "", log_path=out / "ours.log", env=environment)
+    vllm_port = free_port()
     theirs = subprocess.Popen(
         [
             sys.executable,
@@ -100,9 +61,9 @@ def start_servers(model: Path, out: Path) -> tuple[dict[str, str], list[subproce
         stderr=subprocess.STDOUT,
         env={**environment, "VLLM_CPU_OMP_THREADS_BIND": "1"},
     )
-    urls = {"ours": f"http://127.0.0.1:{ours_port}", "vllm": f"http://127.0.0.1:{vllm_port}"}
+    urls = {"ours": ours_url, "vllm": f"http://127.0.0.1:{vllm_port}"}
     for url, process in zip(urls.values(), (ours, theirs)):
-        _wait(url, process)
+        wait_healthy(url, process)
     return urls, [ours, theirs], only
 
 
@@ -237,12 +198,7 @@ def main() -> None:
         )
     finally:
         for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_server(process)
         shutil.rmtree(scratch, ignore_errors=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out / 'bench.json'}")

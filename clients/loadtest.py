@@ -6,12 +6,11 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from l2s.local_server import start_server, stop_server, wait_healthy
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 
@@ -32,12 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _check_loopback(url: str) -> None:
     from urllib.parse import urlparse
 
@@ -46,47 +39,18 @@ def _check_loopback(url: str) -> None:
         raise SystemExit(f"load tests target loopback only, not {host}")
 
 
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 300) -> None:
-    import httpx
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise SystemExit("the server did not become healthy")
-
-
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     server = None
     url = args.base_url
     if args.spawn:
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "l2s.cli",
-                "serve",
-                "--models-dir",
-                args.models_dir,
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            stdout=(out / "server.log").open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        _wait_healthy(url, server)
+        server, url = start_server(args.models_dir, log_path=out / "server.log")
+        try:
+            wait_healthy(url, server)
+        except Exception:
+            stop_server(server)
+            raise
     _check_loopback(url)
     environment = {
         **os.environ,
@@ -121,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
         (out / "locust.log").write_text(result.stdout + result.stderr)
     finally:
         if server is not None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=120)
+            stop_server(server)
     stats = _read_stats(out / "locust_stats.csv")
     write_summary(out, stats, args, url)
     plot_history(out / "locust_stats_history.csv", out / "latency_throughput.png")

@@ -356,8 +356,10 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
             state.history.append(metrics)
             state.iteration += 1
             checkpoint = save_checkpoint(run_dir, model, tokenizer, state, rng)
+            trained_at = time.time()
             if state.iteration < recipe.iterations and not (stop_after and state.iteration >= stop_after):
                 engine = refresh_engine(engine, checkpoint, engine_settings)
+            metrics["checkpoint_and_engine_seconds"] = round(time.time() - trained_at, 2)
             with metrics_path.open("a") as log:
                 log.write(json.dumps(metrics) + "\n")
             progress.update(1)
@@ -383,7 +385,13 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
                 training={
                     "iterations": state.iteration,
                     "history": state.history,
-                    "seconds": round(sum(h["sampling_seconds"] + h["training_seconds"] for h in state.history), 1),
+                    "seconds": round(
+                        sum(
+                            h["sampling_seconds"] + h["training_seconds"] + h.get("checkpoint_and_engine_seconds", 0)
+                            for h in state.history
+                        ),
+                        1,
+                    ),
                 },
             ),
         )

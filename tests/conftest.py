@@ -4,24 +4,17 @@ real `l2s serve` on loopback, once per test session, and stops it with SIGTERM a
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
+
+from l2s.local_server import start_server as start_server_process
+from l2s.local_server import stop_server, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(os.environ.get("L2S_MODELS", ROOT / "models"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -32,54 +25,10 @@ def lab_models() -> Path:
     return MODELS
 
 
-def wait_healthy(base_url: str, process: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError("server did not become healthy")
-
-
 def start_server(models: Path, *extra: str, log_name: str = "server") -> tuple[subprocess.Popen, str, Path]:
-    port = free_port()
-    log_path = ROOT / ".pytest_cache" / f"{log_name}-{port}.log"
-    log_path.parent.mkdir(exist_ok=True)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "l2s.cli",
-            "serve",
-            "--models-dir",
-            str(models),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            *extra,
-        ],
-        stdout=log_path.open("w"),
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
-    return process, f"http://127.0.0.1:{port}", log_path
-
-
-def stop_server(process: subprocess.Popen, timeout: float = 60) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
+    log_path = ROOT / ".pytest_cache" / f"{log_name}-{time.time_ns()}.log"
+    process, base_url = start_server_process(models, *extra, log_path=log_path, cwd=ROOT)
+    return process, base_url, log_path
 
 
 @pytest.fixture(scope="session")

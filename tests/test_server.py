@@ -16,7 +16,8 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from tests.conftest import start_server, stop_server, wait_healthy
+from l2s.local_server import stop_server, wait_healthy
+from tests.conftest import start_server
 
 pytestmark = pytest.mark.slow
 

@@ -69,9 +69,9 @@ class ShortStage(Stage):
 
 
 class LongTraces(Strict):
-    plan: float = Field(0.4, ge=0, le=1)
-    check: float = Field(0.35, ge=0, le=1)
-    redo: float = Field(0.3, ge=0, le=1)
+    plan: float = Field(0.7, ge=0, le=1)
+    check: float = Field(0.7, ge=0, le=1)
+    redo: float = Field(0.7, ge=0, le=1)
 
 
 class Measurement(Strict):

@@ -24,11 +24,16 @@ STYLES = ("long", "short", "none")
 
 @dataclass(frozen=True)
 class LongTraceOptions:
-    """Probabilities of the optional parts of a long trace (each drawn independently)."""
+    """Probabilities of the optional parts of a long trace (each drawn independently).
 
-    plan: float = 0.4  # announce the plan (no digits: a restated number is one more chance to copy it wrong)
-    check: float = 0.35  # re-add a step's two numbers in the other order
-    redo: float = 0.3  # add everything again from the start, to be sure
+    Each is above 0.5 on purpose: greedy decoding follows the mode, so a long model whose habits were drawn
+    with p < 0.5 decodes greedily to its shortest trace and leaves long2short nothing to remove. At 0.7 the
+    greedy long model plans, checks every step and redoes the sum (~3.3x the essential steps' tokens), while
+    its samples at temperature 1 still vary in length, down to the essential steps alone."""
+
+    plan: float = 0.7  # announce the plan (no digits: a restated number is one more chance to copy it wrong)
+    check: float = 0.7  # re-add a step's two numbers in the other order
+    redo: float = 0.7  # add everything again from the start, to be sure
 
 
 def column_addition(left: int, right: int) -> str:
