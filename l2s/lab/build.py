@@ -69,9 +69,16 @@ class ShortStage(Stage):
 
 
 class LongTraces(Strict):
-    plan: float = Field(0.7, ge=0, le=1)
-    check: float = Field(0.7, ge=0, le=1)
-    redo: float = Field(0.7, ge=0, le=1)
+    plan: float = Field(0.4, ge=0, le=1)
+    check: float = Field(0.35, ge=0, le=1)
+    again: float = Field(0.35, ge=0, le=1)
+    redo: float = Field(0.3, ge=0, le=1)
+
+
+class LongStage(Stage):
+    # The long model's own habits (default: the base's). Above 0.5 they survive greedy decoding, which follows
+    # the mode: a long model that checks and redoes only sometimes decodes greedily to its shortest trace.
+    traces: LongTraces | None = None
 
 
 class Measurement(Strict):
@@ -87,7 +94,7 @@ class LabRecipe(Strict):
     model: ModelShape = ModelShape()
     long_traces: LongTraces = LongTraces()
     base: BaseStage
-    long: Stage
+    long: LongStage
     short: ShortStage
     measure: Measurement = Measurement()
 
@@ -96,8 +103,8 @@ class LabRecipe(Strict):
         return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
 
 
-def _trace_maker(recipe: LabRecipe, styles: dict[str, float]):
-    options = LongTraceOptions(**recipe.long_traces.model_dump())
+def _trace_maker(traces: LongTraces, styles: dict[str, float]):
+    options = LongTraceOptions(**traces.model_dump())
     names, weights = list(styles), list(styles.values())
 
     def make(problem: Problem, rng: random.Random) -> str:
@@ -117,6 +124,7 @@ def _train_stage(
     tokenizer: PreTrainedTokenizerFast,
     problems: list[Problem],
     seed: int,
+    traces: LongTraces,
 ) -> Path:
     stage_recipe = {"lab": recipe.model_dump(), "stage": name, "styles": styles}
     card = read_card(out_dir)
@@ -153,7 +161,7 @@ def _train_stage(
         warmup_steps=stage.warmup_steps,
     )
     started = time.time()
-    losses = train(model, tokenizer, problems, _trace_maker(recipe, styles), settings, seed, description=name)
+    losses = train(model, tokenizer, problems, _trace_maker(traces, styles), settings, seed, description=name)
     seconds = time.time() - started
     with atomic_model_dir(out_dir) as temporary:
         model.save_pretrained(temporary)
@@ -241,7 +249,7 @@ def build(out: Path, recipe_path: Path = DEFAULT_RECIPE, force_measure: bool = F
     problems = generate_problems("train", recipe.train_problems, seed=recipe.seed)
     test = generate_problems("test", recipe.measure.test_problems, seed=recipe.seed)
     rng = random.Random(recipe.seed)
-    maker = _trace_maker(recipe, {"long": 1, "short": 1, "none": 1})
+    maker = _trace_maker(recipe.long_traces, {"long": 1, "short": 1, "none": 1})
     tokenizer = train_tokenizer(
         [p.question for p in problems[:3000]] + [maker(p, rng) for p in problems[:3000] for _ in range(2)],
         vocab_size=recipe.vocab_size,
@@ -256,10 +264,20 @@ def build(out: Path, recipe_path: Path = DEFAULT_RECIPE, force_measure: bool = F
         tokenizer,
         problems,
         recipe.seed,
+        recipe.long_traces,
     )
     tokenizer = PreTrainedTokenizerFast.from_pretrained(base)  # the base's own, also when it came from the cache
     long = _train_stage(
-        "lab-long", base, out / "lab-long", recipe, {"long": 1.0}, recipe.long, tokenizer, problems, recipe.seed + 1
+        "lab-long",
+        base,
+        out / "lab-long",
+        recipe,
+        {"long": 1.0},
+        recipe.long,
+        tokenizer,
+        problems,
+        recipe.seed + 1,
+        recipe.long.traces or recipe.long_traces,
     )
     short = _train_stage(
         "lab-short",
@@ -271,6 +289,7 @@ def build(out: Path, recipe_path: Path = DEFAULT_RECIPE, force_measure: bool = F
         tokenizer,
         problems,
         recipe.seed + 2,
+        recipe.long_traces,
     )
     results = {}
     for model_dir, sample in ((long, True), (short, False)):

@@ -75,8 +75,9 @@ def generate_problems(split: str, count: int, seed: int = 0, levels: tuple[int, 
         num_terms, digits = LEVELS[level]
         space = (9 * 10 ** (digits - 1)) ** num_terms * len(SPLIT_BUCKETS[split]) / 100
         if count / len(levels) > 0.9 * space:
-            raise ValueError(f"level {level} has about {space:.0f} distinct {split} problems; asked for "
-                             f"{count / len(levels):.0f}")
+            raise ValueError(
+                f"level {level} has about {space:.0f} distinct {split} problems; asked for {count / len(levels):.0f}"
+            )
     rng = random.Random(seed * 1000 + _SPLIT_SALT[split])
     problems: list[Problem] = []
     seen: set[tuple[int, ...]] = set()

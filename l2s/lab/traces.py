@@ -2,9 +2,9 @@
 
 - `long`: the expression rewritten step by step, every step worked column by column (ones first, the way a
   tiny model can get it right), with optional parts drawn at random per trace, so that long traces of one
-  problem differ in length the way real long-CoT samples do: a plan announced up front, a check after a
-  step (the two numbers re-added in the other order), and the whole sum done again to be sure. The shortest
-  long trace (no optional part) is what the long2short methods have to find.
+  problem differ in length the way real long-CoT samples do: a plan announced up front, after a step a check
+  (its two numbers re-added in the other order) and the step worked again, and at the end the whole sum done
+  again to be sure. The shortest long trace (no optional part) is what the long2short methods have to find.
 - `short`: the essential steps only, each sum written directly (`587+744+728+912 = 1331+728+912 = ...`).
 - `none`: no reasoning, the answer alone.
 
@@ -24,16 +24,17 @@ STYLES = ("long", "short", "none")
 
 @dataclass(frozen=True)
 class LongTraceOptions:
-    """Probabilities of the optional parts of a long trace (each drawn independently).
+    """Probabilities of the optional parts of a long trace (each drawn independently). The lab's base learns
+    every part from occasional ones; the long model's fine-tune makes the plan, the checks and the per-step
+    repeats habits (p > 0.5, configs/lab.yaml), because greedy decoding follows the mode: a long model that
+    checks only sometimes decodes greedily to its shortest trace and leaves long2short nothing to remove.
+    The final redo stays occasional: it copies the question from hundreds of tokens back, which a 2-layer
+    model gets wrong often enough on 4-term sums to cost accuracy (samples that redo are more often wrong)."""
 
-    Each is above 0.5 on purpose: greedy decoding follows the mode, so a long model whose habits were drawn
-    with p < 0.5 decodes greedily to its shortest trace and leaves long2short nothing to remove. At 0.7 the
-    greedy long model plans, checks every step and redoes the sum (~3.3x the essential steps' tokens), while
-    its samples at temperature 1 still vary in length, down to the essential steps alone."""
-
-    plan: float = 0.7  # announce the plan (no digits: a restated number is one more chance to copy it wrong)
-    check: float = 0.7  # re-add a step's two numbers in the other order
-    redo: float = 0.7  # add everything again from the start, to be sure
+    plan: float = 0.4  # announce the plan (no digits: a restated number is one more chance to copy it wrong)
+    check: float = 0.35  # after a step: re-add its two numbers in the other order
+    again: float = 0.35  # after a step: work it once more, the same way
+    redo: float = 0.3  # at the end: add everything again from the start, to be sure
 
 
 def column_addition(left: int, right: int) -> str:
@@ -52,7 +53,9 @@ def expression(terms: list[int]) -> str:
     return "+".join(map(str, terms))
 
 
-def worked_sum(terms: tuple[int, ...], rng: random.Random | None, check: float = 0.0) -> list[str]:
+def worked_sum(
+    terms: tuple[int, ...], rng: random.Random | None, check: float = 0.0, again: float = 0.0
+) -> list[str]:
     """The expression rewritten one step at a time, each step worked in columns:
 
         587+744+728+912
@@ -69,6 +72,8 @@ def worked_sum(terms: tuple[int, ...], rng: random.Random | None, check: float =
         lines.append(column_addition(left, right))
         if rng is not None and rng.random() < check:
             lines.append("Check: " + column_addition(right, left) + " Right.")
+        if rng is not None and rng.random() < again:
+            lines.append("Again: " + column_addition(left, right))
         remaining = [left + right] + remaining[2:]
     return lines
 
@@ -77,7 +82,7 @@ def long_reasoning(problem: Problem, rng: random.Random, options: LongTraceOptio
     lines = []
     if rng.random() < options.plan:
         lines.append(f"Let me add the {len(problem.terms)} numbers one step at a time.")
-    lines.extend(worked_sum(problem.terms, rng, options.check))
+    lines.extend(worked_sum(problem.terms, rng, options.check, options.again))
     if rng.random() < options.redo:
         lines.append("Let me add it again to be sure.")
         lines.extend(worked_sum(problem.terms, None))
