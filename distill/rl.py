@@ -114,12 +114,15 @@ class RunState:
 
 
 def choose_problems(pool: list[Problem], recipe: RLRecipe, state: RunState, rng: random.Random) -> list[Problem]:
-    """Curriculum: levels open up from easy to hard across the run. Prioritised: draw without replacement
-    with probability ∝ 1 − running success rate (unseen problems count as 0.5)."""
+    """Curriculum: levels open up from easy to hard over the first half of the run, so the second half trains
+    on all of them (a policy shortened on the easiest level alone learns to stop after its one step, which
+    then costs accuracy on longer sums). Prioritised: draw without replacement with probability
+    ∝ 1 − running success rate (unseen problems count as 0.5)."""
     candidates = pool
     if recipe.curriculum:
         levels = sorted({p.level for p in pool})
-        opened = 1 + (len(levels) - 1) * state.iteration // max(1, recipe.iterations - 1)
+        half = max(1, recipe.iterations // 2)
+        opened = 1 + (len(levels) - 1) * min(state.iteration, half) // half
         candidates = [p for p in pool if p.level in levels[:opened]]
     busy = {rollout["problem_id"] for rollout in state.pending}
     candidates = [p for p in candidates if p.id not in busy]
@@ -169,7 +172,7 @@ def rollouts(engine, tokenizer, problems: list[Problem], recipe: RLRecipe, state
         [r["prompt"] + r["completion"] for r in work],
         temperature=recipe.temperature,
         max_tokens=caps,
-        seed=seed,
+        seed=[seed + index for index in range(len(work))],  # one each: the k prompts of a problem are the same
         progress=False,
     )
     for rollout, (sample,) in zip(work, outputs):
@@ -348,6 +351,9 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
                 "length_weight": length_weight,
                 "accuracy": sum(r["correct"] for r in samples) / max(1, len(samples)),
                 "mean_length": sum(r["length"] for r in samples) / max(1, len(samples)),
+                # how much the k samples of a problem differ in length: the length reward's signal
+                "mean_length_spread": sum(max(r["length"] for r in g) - min(r["length"] for r in g) for g in groups)
+                / max(1, len(groups)),
                 "pending_rollouts": len(state.pending),
                 **trained,
                 "sampling_seconds": round(sampled - started, 2),

@@ -119,27 +119,29 @@ def generate_from_ids(
     temperature: float = 0.0,
     max_tokens: int | Sequence[int] = 512,
     thinking_token_budget: int | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     markers: ReasoningMarkers = ReasoningMarkers(),
     progress: bool = True,
 ) -> list[list[Sample]]:
     """Completions of prompts given as token ids (a chat prompt, or one with a partial completion appended to
-    continue it). `max_tokens` may differ per prompt."""
+    continue it). `max_tokens` and `seed` may differ per prompt: the same prompt with the same seed gives the
+    same sample, so independent samples of one prompt need `num_samples` or a seed each."""
     from vllm import SamplingParams
 
     tokenizer = engine.get_tokenizer()
     start_id, end_id = (tokenizer.convert_tokens_to_ids(marker) for marker in (markers.start, markers.end))
     caps = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
+    seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
     params = [
         SamplingParams(
             n=num_samples,
             temperature=temperature,
             max_tokens=cap,
-            seed=seed,
+            seed=prompt_seed,
             thinking_token_budget=thinking_token_budget if thinking_token_budget not in (None, -1) else None,
             skip_special_tokens=True,
         )
-        for cap in caps
+        for cap, prompt_seed in zip(caps, seeds)
     ]
     outputs = engine.generate([{"prompt_token_ids": list(ids)} for ids in prompts], params, use_tqdm=progress)
     results = []

@@ -38,6 +38,7 @@ def test_one_iteration(lab_models, tmp_path):
     assert len(metrics) == 1 and metrics[0]["problems"] == 6
     for key in ("accuracy", "mean_length", "mean_reward", "kl_term", "sampling_seconds", "training_seconds"):
         assert key in metrics[0]
+    assert metrics[0]["mean_length_spread"] > 0  # the k samples of a problem are independent draws
     assert (tmp_path / "runs/rl/lab-rl/training_curve.png").is_file()
 
 

@@ -56,3 +56,22 @@ def test_loss_and_gradient_match_the_formula():
     at_reference = reference.clone().requires_grad_(True)
     opmd_loss(at_reference, reference, rewards, baselines, tau).backward()
     assert torch.allclose(-at_reference.grad, (rewards - baselines) / 4)
+
+
+def test_curriculum_opens_every_level_by_the_middle_of_the_run():
+    import random
+
+    from distill.rl import RLRecipe, RunState, choose_problems
+    from l2s.lab.task import generate_problems
+
+    pool = generate_problems("train", 300, seed=1)
+    recipe = RLRecipe(model="m", iterations=12, problems_per_iteration=40, prioritized=False)
+
+    def levels_at(iteration: int) -> set[int]:
+        return {p.level for p in choose_problems(list(pool), recipe, RunState(iteration=iteration), random.Random(0))}
+
+    assert levels_at(0) == {1}
+    assert levels_at(3) == {1, 2}
+    assert levels_at(6) == levels_at(11) == {1, 2, 3}
+    assert {p.level for p in choose_problems(list(pool), recipe.model_copy(update={"curriculum": False}),
+                                             RunState(), random.Random(0))} == {1, 2, 3}  # fmt: skip

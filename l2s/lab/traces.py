@@ -53,9 +53,7 @@ def expression(terms: list[int]) -> str:
     return "+".join(map(str, terms))
 
 
-def worked_sum(
-    terms: tuple[int, ...], rng: random.Random | None, check: float = 0.0, again: float = 0.0
-) -> list[str]:
+def worked_sum(terms: tuple[int, ...], rng: random.Random | None, check: float = 0.0, again: float = 0.0) -> list[str]:
     """The expression rewritten one step at a time, each step worked in columns:
 
         587+744+728+912
