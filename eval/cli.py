@@ -90,7 +90,7 @@ def evaluate(args: argparse.Namespace) -> int:
     """The public entry point (distill calls it for quick evaluations)."""
     from eval.calibration import build_calibration, write_calibration
     from eval.report import build_results, plot, write_report
-    from eval.runner import EvalSettings, load_done, model_name, run_api, run_offline
+    from eval.runner import EvalSettings, load_done, model_name, model_version, run_api, run_offline
     from eval.tasks import load_task
 
     conditions = _conditions(args)
@@ -127,19 +127,25 @@ def evaluate(args: argparse.Namespace) -> int:
         "conditions": [c.label for c in conditions],
     }
     arguments_path = out / "arguments.json"
-    if arguments_path.is_file() and json.loads(arguments_path.read_text()) != meta:
+    # Models and conditions may be added to a run (its samples are keyed by both); anything else would mix.
+    same_run = ("models", "conditions")
+    if arguments_path.is_file() and {
+        k: v for k, v in json.loads(arguments_path.read_text()).items() if k not in same_run
+    } != {k: v for k, v in meta.items() if k not in same_run}:
         raise SystemExit(f"{out} holds a run with other arguments; use a new --out (or delete it)")
     arguments_path.write_text(json.dumps(meta, indent=2) + "\n")
     samples_path = out / "samples.jsonl"
     (run_offline if args.offline else run_api)(settings, samples_path)
 
     names = [model_name(model) for model in args.models]
-    wanted = {(name, c.label) for name in names for c in conditions}
+    wanted = {(model_name(m), model_version(m), c.label) for m in args.models for c in conditions}
     ids = {p.id for p in problems}
     records = [
         r
         for r in load_done(samples_path).values()
-        if (r["model"], r["condition"]) in wanted and r["problem_id"] in ids and r["sample"] < args.samples
+        if (r["model"], r.get("model_version"), r["condition"]) in wanted
+        and r["problem_id"] in ids
+        and r["sample"] < args.samples
     ]
     meta["reference"] = _reference(args, names)
     results = build_results(records, names, meta["reference"])

@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from eval.tasks import EvalProblem
+from l2s.cards import stable_hash
 from l2s.reasoning import split_text
 
 
@@ -54,8 +55,22 @@ def model_name(model: str) -> str:
     return path.name if path.exists() else model
 
 
+def model_version(model: str) -> str | None:
+    """Which weights a model directory holds now (its weight files' names, sizes and times): samples of an
+    older model under the same name are never reused. None for a served model (API mode cannot tell)."""
+    path = Path(model)
+    if not path.is_dir():
+        return None
+    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+    return stable_hash([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+
+
 def sample_key(record: dict) -> tuple:
-    return (record["model"], record["condition"], record["problem_id"], record["sample"])
+    return (record["model"], record.get("model_version"), record["condition"], record["problem_id"], record["sample"])
+
+
+def sample_key_of(model: str, condition: Condition, problem: EvalProblem, index: int) -> tuple:
+    return (model_name(model), model_version(model), condition.label, problem.id, index)
 
 
 def load_done(samples_path: Path) -> dict[tuple, dict]:
@@ -71,12 +86,11 @@ def load_done(samples_path: Path) -> dict[tuple, dict]:
 
 
 def _todo(settings: EvalSettings, model: str, condition: Condition, done: dict) -> list[tuple[EvalProblem, int]]:
-    name = model_name(model)
     return [
         (problem, index)
         for problem in settings.problems
         for index in range(settings.samples)
-        if (name, condition.label, problem.id, index) not in done
+        if sample_key_of(model, condition, problem, index) not in done
     ]
 
 
@@ -93,6 +107,7 @@ def _record(
 ) -> dict:
     return {
         "model": model_name(model),
+        "model_version": model_version(model),
         "condition": condition.label,
         "budget": condition.budget,
         "effort": condition.effort,
@@ -142,7 +157,7 @@ def run_offline(settings: EvalSettings, samples_path: Path) -> None:
                         )
                         for problem, group in zip(batch, groups):
                             for index, sample in enumerate(group):
-                                if (model_name(model), condition.label, problem.id, index) in done:
+                                if sample_key_of(model, condition, problem, index) in done:
                                     continue
                                 record = _record(
                                     model,

@@ -122,3 +122,20 @@ def test_tasks(tmp_path):
         load_task("lab:9")
     with pytest.raises(ValueError):
         load_task("gsm8k")
+
+
+def test_samples_of_a_rebuilt_model_are_not_reused(tmp_path):
+    """The resume key holds the weights' version: a model rebuilt under the same name is evaluated afresh."""
+    import os
+
+    from eval.runner import model_version
+
+    weights = tmp_path / "lab-long" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"old weights")
+    before = model_version(str(weights.parent))
+    assert before == model_version(str(weights.parent))
+    weights.write_bytes(b"new weights!")
+    os.utime(weights, ns=(1, 10**18))
+    assert model_version(str(weights.parent)) != before
+    assert model_version("lab-long") is None  # a served name: nothing to tell
