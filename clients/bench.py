@@ -201,7 +201,39 @@ def main() -> None:
             stop_server(process)
         shutil.rmtree(scratch, ignore_errors=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out / 'bench.json'}")
+    (out / "bench.md").write_text(summary_table(report))
+    print(summary_table(report))
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
+
+
+def summary_table(report: dict) -> str:
+    """bench.json as the README's tables."""
+    lines = [
+        f"{report['date']}, {report['machine']['cpus']} CPUs, model {report['model']}, "
+        f"{report['requests_per_run']} streaming requests per run, median of the rounds\n",
+        "| streams | output tok/s ours / vLLM (ratio) | TTFT p50 ms ours / vLLM (ratio) "
+        "| TTFT p99 ms ours / vLLM (ratio) | TPOT ms ours / vLLM (ratio) |",
+        "|---|---|---|---|---|",
+    ]
+    for streams, row in report["side_by_side"].items():
+        ours, theirs = row["ours"], row["vllm"]
+        lines.append(
+            f"| {streams} | {ours['output_tokens_per_s']:.0f} / {theirs['output_tokens_per_s']:.0f} "
+            f"({row['throughput_ratio']:.2f}) "
+            f"| {1000 * ours['ttft_p50_s']:.0f} / {1000 * theirs['ttft_p50_s']:.0f} ({row['ttft_p50_ratio']:.2f}) "
+            f"| {1000 * ours['ttft_p99_s']:.0f} / {1000 * theirs['ttft_p99_s']:.0f} ({row['ttft_p99_ratio']:.2f}) "
+            f"| {1000 * ours['tpot_mean_s']:.1f} / {1000 * theirs['tpot_mean_s']:.1f} ({row['tpot_ratio']:.2f}) |"
+        )
+    budgeted = report.get("budgeted") or {}
+    if budgeted:
+        lines += [
+            "",
+            f"Budgeted (`thinking_token_budget: {budgeted['budget']}`) vs unbudgeted on ours at "
+            f"{budgeted['concurrency']} streams: {budgeted['budgeted']['output_tokens_per_s']:.0f} vs "
+            f"{budgeted['unbudgeted']['output_tokens_per_s']:.0f} output tok/s "
+            f"(ratio {budgeted['throughput_ratio']:.2f}).",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
