@@ -15,11 +15,11 @@ from distill.recipe import Recipe
 from distill.sampling import sampling_summary
 from distill.selection import dpo_pairs
 from distill.training import (
-    WORK_DIR,
     common_training_arguments,
     sample_training_problems,
     save_model,
     train_resumably,
+    work_dir_for,
 )
 
 
@@ -64,7 +64,7 @@ def run(recipe: DPORecipe, out: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(recipe.model)
     model = AutoModelForCausalLM.from_pretrained(recipe.model)
     reference = AutoModelForCausalLM.from_pretrained(recipe.model)
-    work_dir = WORK_DIR / out.name
+    work_dir = work_dir_for(out, recipe, pairs)
     arguments = DPOConfig(**common_training_arguments(recipe, work_dir, longest + 64), beta=recipe.beta)
     trainer = DPOTrainer(
         model=model,

@@ -305,7 +305,10 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
 
     run_dir = WORK_DIR / out.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2))
+    recipe_path = run_dir / "recipe.json"
+    if resume and recipe_path.is_file() and RLRecipe.model_validate_json(recipe_path.read_text()) != recipe:
+        raise SystemExit(f"--resume: {run_dir} holds a run of another recipe; drop --resume to start afresh")
+    recipe_path.write_text(recipe.model_dump_json(indent=2))
     start_from = last_checkpoint(run_dir) if resume else None
     if resume and start_from is None:
         print("no complete checkpoint to resume from: starting fresh")

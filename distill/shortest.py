@@ -14,11 +14,11 @@ from distill.recipe import Recipe
 from distill.sampling import sampling_summary
 from distill.selection import shortest_correct
 from distill.training import (
-    WORK_DIR,
     common_training_arguments,
     sample_training_problems,
     save_model,
     train_resumably,
+    work_dir_for,
 )
 
 
@@ -65,7 +65,7 @@ def run(recipe: ShortestRecipe, out: Path) -> Path:
     )
     tokenizer = AutoTokenizer.from_pretrained(recipe.model)
     model = AutoModelForCausalLM.from_pretrained(recipe.model)
-    work_dir = WORK_DIR / out.name
+    work_dir = work_dir_for(out, recipe, examples)
     # the longest example plus the prompt and template, so nothing is cut (never TRL's default)
     max_length = max(lengths) + 64
     arguments = SFTConfig(**common_training_arguments(recipe, work_dir, max_length), completion_only_loss=True)

@@ -55,6 +55,12 @@ def common_training_arguments(recipe, work_dir: Path, max_length: int) -> dict:
     )
 
 
+def work_dir_for(out: Path, recipe, data: list) -> Path:
+    """Where a run keeps its checkpoints: named by the output, the recipe and the training data, so that only
+    the same run resumes from them (a changed recipe or a rebuilt model starts afresh)."""
+    return WORK_DIR / f"{out.name}-{stable_hash([recipe.model_dump(), data])[:12]}"
+
+
 def train_resumably(trainer, work_dir: Path) -> None:
     """Train, resuming from the last complete checkpoint in `work_dir` if an earlier run was interrupted."""
     from transformers.trainer_utils import get_last_checkpoint
