@@ -128,10 +128,10 @@ def evaluate(args: argparse.Namespace) -> int:
     }
     arguments_path = out / "arguments.json"
     # Models and conditions may be added to a run (its samples are keyed by both); anything else would mix.
-    same_run = ("models", "conditions")
+    addable = ("models", "conditions")
     if arguments_path.is_file() and {
-        k: v for k, v in json.loads(arguments_path.read_text()).items() if k not in same_run
-    } != {k: v for k, v in meta.items() if k not in same_run}:
+        k: v for k, v in json.loads(arguments_path.read_text()).items() if k not in addable
+    } != {k: v for k, v in meta.items() if k not in addable}:
         raise SystemExit(f"{out} holds a run with other arguments; use a new --out (or delete it)")
     arguments_path.write_text(json.dumps(meta, indent=2) + "\n")
     samples_path = out / "samples.jsonl"
