@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--api-key", default="unused")
     args = parser.parse_args()
     client = OpenAI(base_url=args.base_url, api_key=args.api_key)
-    for budget in (0, 16, 64, -1):
+    for budget in (0, 16, 128, -1):
         show(
             f"lab-long thinking_token_budget={budget}",
             client.chat.completions.create(

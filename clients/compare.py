@@ -1,6 +1,6 @@
 """One prompt across every variant × a few budgets: answers, reasoning tokens and latency side by side.
 
-python clients/compare.py [--base-url http://127.0.0.1:8000/v1] [--budgets none,0,16,64] [QUESTION]
+python clients/compare.py [--base-url http://127.0.0.1:8000/v1] [--budgets none,0,64,128] [QUESTION]
 """
 
 import argparse
@@ -11,10 +11,10 @@ from openai import OpenAI
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("question", nargs="?", default="What is 33+22+67+48+28?")
+    parser.add_argument("question", nargs="?", default="What is 33+22+67+48?")
     parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     parser.add_argument("--api-key", default="unused")
-    parser.add_argument("--budgets", default="none,0,16,64")
+    parser.add_argument("--budgets", default="none,0,64,128")
     args = parser.parse_args()
     client = OpenAI(base_url=args.base_url, api_key=args.api_key)
     variants = [m.id for m in client.models.list().data if m.id != "auto"]

@@ -11,7 +11,7 @@ from openai import OpenAI
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("question", nargs="?", default="What is 33+22+67+48+28?")
+    parser.add_argument("question", nargs="?", default="What is 33+22+67+48?")
     parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     parser.add_argument("--model", default="lab-long")
     parser.add_argument("--api-key", default="unused")
