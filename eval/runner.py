@@ -69,8 +69,8 @@ def sample_key(record: dict) -> tuple:
     return (record["model"], record.get("model_version"), record["condition"], record["problem_id"], record["sample"])
 
 
-def sample_key_of(model: str, condition: Condition, problem: EvalProblem, index: int) -> tuple:
-    return (model_name(model), model_version(model), condition.label, problem.id, index)
+def sample_key_of(model: str, version: str | None, condition: Condition, problem: EvalProblem, index: int) -> tuple:
+    return (model_name(model), version, condition.label, problem.id, index)
 
 
 def load_done(samples_path: Path) -> dict[tuple, dict]:
@@ -86,16 +86,18 @@ def load_done(samples_path: Path) -> dict[tuple, dict]:
 
 
 def _todo(settings: EvalSettings, model: str, condition: Condition, done: dict) -> list[tuple[EvalProblem, int]]:
+    version = model_version(model)  # once: it reads the model directory
     return [
         (problem, index)
         for problem in settings.problems
         for index in range(settings.samples)
-        if sample_key_of(model, condition, problem, index) not in done
+        if sample_key_of(model, version, condition, problem, index) not in done
     ]
 
 
 def _record(
     model: str,
+    version: str | None,
     condition: Condition,
     problem: EvalProblem,
     index: int,
@@ -107,7 +109,7 @@ def _record(
 ) -> dict:
     return {
         "model": model_name(model),
-        "model_version": model_version(model),
+        "model_version": version,
         "condition": condition.label,
         "budget": condition.budget,
         "effort": condition.effort,
@@ -140,7 +142,7 @@ def run_offline(settings: EvalSettings, samples_path: Path) -> None:
             pending = {condition: _todo(settings, model, condition, done) for condition in settings.conditions}
             if not any(pending.values()):
                 continue
-            engine = open_engine(model)
+            engine, version = open_engine(model), model_version(model)
             try:
                 for condition, todo in pending.items():
                     problems = list(dict.fromkeys(problem for problem, _ in todo))
@@ -157,10 +159,11 @@ def run_offline(settings: EvalSettings, samples_path: Path) -> None:
                         )
                         for problem, group in zip(batch, groups):
                             for index, sample in enumerate(group):
-                                if sample_key_of(model, condition, problem, index) in done:
+                                if sample_key_of(model, version, condition, problem, index) in done:
                                     continue
                                 record = _record(
                                     model,
+                                    version,
                                     condition,
                                     problem,
                                     index,
@@ -222,6 +225,7 @@ async def _one_api_request(
         raise RuntimeError("the server did not report usage.completion_tokens_details.reasoning_tokens")
     return _record(
         model,
+        model_version(model),
         condition,
         problem,
         index,
