@@ -57,7 +57,7 @@ lab-eval: setup
 
 # The README's "Load and performance" figures: ours vs vLLM's own server, then a 60 s locust run.
 bench: setup
-	$(BIN)/python clients/bench.py --model $(MODELS)/lab-long --requests 24 --rounds 2 --out results/bench
+	$(BIN)/python clients/bench.py --model $(MODELS)/lab-long --requests 64 --rounds 3 --profile --out results/bench
 
 loadtest: setup
 	$(BIN)/l2s loadtest --spawn --users 16 --spawn-rate 4 --duration 60s --out results/loadtest

@@ -4,7 +4,8 @@
 
 Starts (a) `l2s serve` hosting only the given model and (b) `python -m vllm.entrypoints.openai.api_server` on it,
 both on loopback, then runs the same streaming workload against each, alternating, at each concurrency: output
-tokens/s, TTFT p50/p99 and TPOT, and the ratios ours/vLLM. Then budgeted vs unbudgeted requests on ours.
+tokens/s, TTFT p50/p99 and TPOT, and the ratios ours/vLLM. Then budgeted vs unbudgeted requests on each, and with
+--profile, where each server's CPU time goes (py-spy).
 Writes DIR/bench.json. A benchmark, not a test: figures depend on the machine.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from clients import profiling
 from l2s.lab.task import generate_problems
 from l2s.local_server import free_port, start_server, stop_server, wait_healthy
 
@@ -32,6 +34,8 @@ from l2s.local_server import free_port, start_server, stop_server, wait_healthy
 def start_servers(model: Path, out: Path) -> tuple[dict[str, str], list[subprocess.Popen], Path]:
     only = Path(tempfile.mkdtemp(prefix="l2s-bench-"))
     (only / model.name).symlink_to(model.resolve())
+    # Both engines' compute on the same core: only one server is under load at a time, and a core that takes
+    # more interrupts than the other would otherwise favour one server.
     environment = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0"}
     ours, ours_url = start_server(only, "--config", "", log_path=out / "ours.log", env=environment)
     vllm_port = free_port()
@@ -59,7 +63,7 @@ def start_servers(model: Path, out: Path) -> tuple[dict[str, str], list[subproce
         ],
         stdout=(out / "vllm.log").open("w"),
         stderr=subprocess.STDOUT,
-        env={**environment, "VLLM_CPU_OMP_THREADS_BIND": "1"},
+        env=environment,
     )
     urls = {"ours": ours_url, "vllm": f"http://127.0.0.1:{vllm_port}"}
     for url, process in zip(urls.values(), (ours, theirs)):
@@ -122,6 +126,7 @@ async def workload(url: str, model: str, prompts: list[str], concurrency: int, e
         "concurrency": concurrency,
         "seconds": elapsed,
         "output_tokens_per_s": sum(r["tokens"] for r in results) / elapsed,
+        "completion_tokens_mean": statistics.mean(r["tokens"] for r in results),
         "ttft_p50_s": statistics.median(ttfts),
         "ttft_p99_s": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))],
         "tpot_mean_s": statistics.mean(r["tpot"] for r in results),
@@ -129,8 +134,45 @@ async def workload(url: str, model: str, prompts: list[str], concurrency: int, e
 
 
 def _merge_rounds(rounds: list[dict]) -> dict:
-    keys = ("output_tokens_per_s", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s")
+    keys = ("output_tokens_per_s", "completion_tokens_mean", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s")
     return {**{k: statistics.median(r[k] for r in rounds) for k in keys}, "rounds": rounds}
+
+
+def compare_budgeted(url: str, model: str, prompts: list[str], concurrency: int, budget: int, rounds: int) -> dict:
+    """Budgeted vs unbudgeted requests on one server, alternating. Budgeted completions are short, and short
+    requests pay their fixed costs (HTTP, template, prefill) over fewer tokens; so the comparison is also made
+    against unbudgeted requests cut to the budgeted ones' mean length, which leaves only the enforcement's cost."""
+    runs: dict[str, list[dict]] = {"budgeted": [], "unbudgeted": [], "unbudgeted_same_length": []}
+    asyncio.run(workload(url, model, prompts[:4], concurrency, {"thinking_token_budget": budget}))  # warm-up
+    for _ in range(rounds):
+        runs["budgeted"].append(
+            asyncio.run(workload(url, model, prompts, concurrency, {"thinking_token_budget": budget}))
+        )
+        runs["unbudgeted"].append(asyncio.run(workload(url, model, prompts, concurrency, {})))
+        same_length = round(runs["budgeted"][-1]["completion_tokens_mean"])
+        runs["unbudgeted_same_length"].append(
+            asyncio.run(workload(url, model, prompts, concurrency, {"max_tokens": same_length}))
+        )
+    result = {"concurrency": concurrency, "budget": budget, **{k: _merge_rounds(v) for k, v in runs.items()}}
+    budgeted = result["budgeted"]["output_tokens_per_s"]
+    result["throughput_ratio"] = budgeted / result["unbudgeted"]["output_tokens_per_s"]
+    result["same_length_throughput_ratio"] = budgeted / result["unbudgeted_same_length"]["output_tokens_per_s"]
+    return result
+
+
+def profile_servers(
+    urls: dict[str, str], processes: list[subprocess.Popen], model: str, prompts: list[str], concurrency: int, out: Path
+) -> dict:
+    """One more run against each server with py-spy sampling all its processes: CPU seconds by process and by
+    package, so that a gap between the two servers can be placed."""
+    profiles = {}
+    for (name, url), process in zip(urls.items(), processes):
+        recorder = profiling.record(process.pid, out / f"profile-{name}.txt")
+        time.sleep(2)  # py-spy attaches to the process tree before the load starts
+        run = asyncio.run(workload(url, model, prompts, concurrency, {}))
+        profiling.stop(recorder)
+        profiles[name] = {"run": run, "processes": profiling.summarize(out / f"profile-{name}.txt")}
+    return profiles
 
 
 def main() -> None:
@@ -140,6 +182,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64, help="requests per run (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs per server (default: %(default)s)")
     parser.add_argument("--budget", type=int, default=32, help="budget of the budgeted comparison")
+    parser.add_argument(
+        "--profile", action="store_true", help="also sample both servers with py-spy at the top concurrency"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     model, out = Path(args.model), Path(args.out)
@@ -152,7 +197,6 @@ def main() -> None:
         "model": str(model),
         "requests_per_run": args.requests,
         "side_by_side": {},
-        "budgeted": {},
     }
     try:
         for concurrency in (int(c) for c in args.concurrency.split(",")):
@@ -181,21 +225,13 @@ def main() -> None:
                 )
             )
         top = max(int(c) for c in args.concurrency.split(","))
-        unbudgeted = [asyncio.run(workload(urls["ours"], model.name, prompts, top, {})) for _ in range(args.rounds)]
-        budgeted = [
-            asyncio.run(workload(urls["ours"], model.name, prompts, top, {"thinking_token_budget": args.budget}))
-            for _ in range(args.rounds)
-        ]
+        # On both servers: a gap that vLLM's own server shows too is the engine's, not ours.
         report["budgeted"] = {
-            "concurrency": top,
-            "budget": args.budget,
-            "unbudgeted": _merge_rounds(unbudgeted),
-            "budgeted": _merge_rounds(budgeted),
+            name: compare_budgeted(url, model.name, prompts, top, args.budget, args.rounds)
+            for name, url in urls.items()
         }
-        report["budgeted"]["throughput_ratio"] = (
-            report["budgeted"]["budgeted"]["output_tokens_per_s"]
-            / report["budgeted"]["unbudgeted"]["output_tokens_per_s"]
-        )
+        if args.profile:
+            report["profile"] = profile_servers(urls, processes, model.name, prompts, top, out)
     finally:
         for process in processes:
             stop_server(process)
@@ -224,15 +260,31 @@ def summary_table(report: dict) -> str:
             f"| {1000 * ours['ttft_p99_s']:.0f} / {1000 * theirs['ttft_p99_s']:.0f} ({row['ttft_p99_ratio']:.2f}) "
             f"| {1000 * ours['tpot_mean_s']:.1f} / {1000 * theirs['tpot_mean_s']:.1f} ({row['tpot_ratio']:.2f}) |"
         )
-    budgeted = report.get("budgeted") or {}
-    if budgeted:
+    for name, budgeted in (report.get("budgeted") or {}).items():
+        tok_s = {k: budgeted[k]["output_tokens_per_s"] for k in ("budgeted", "unbudgeted", "unbudgeted_same_length")}
+        lengths = {k: budgeted[k]["completion_tokens_mean"] for k in tok_s}
         lines += [
             "",
-            f"Budgeted (`thinking_token_budget: {budgeted['budget']}`) vs unbudgeted on ours at "
-            f"{budgeted['concurrency']} streams: {budgeted['budgeted']['output_tokens_per_s']:.0f} vs "
-            f"{budgeted['unbudgeted']['output_tokens_per_s']:.0f} output tok/s "
-            f"(ratio {budgeted['throughput_ratio']:.2f}).",
+            f"Budgeted (`thinking_token_budget: {budgeted['budget']}`) vs unbudgeted on {name} at "
+            f"{budgeted['concurrency']} streams: {tok_s['budgeted']:.0f} vs {tok_s['unbudgeted']:.0f} output tok/s "
+            f"(ratio {budgeted['throughput_ratio']:.2f}; completions of {lengths['budgeted']:.0f} vs "
+            f"{lengths['unbudgeted']:.0f} tokens). Against unbudgeted requests cut to the same length "
+            f"(`max_tokens: {lengths['unbudgeted_same_length']:.0f}`): {tok_s['unbudgeted_same_length']:.0f} tok/s "
+            f"(ratio {budgeted['same_length_throughput_ratio']:.2f}).",
         ]
+    for name, profile in (report.get("profile") or {}).items():
+        run = profile["run"]
+        lines += [
+            "",
+            f"Profile of {name} ({run['requests']} requests at {run['concurrency']} streams, "
+            f"{run['output_tokens_per_s']:.0f} tok/s under py-spy): CPU seconds by process, and its busiest packages",
+            "",
+            "| process | CPU s | busiest packages (CPU s, innermost frame) |",
+            "|---|---|---|",
+        ]
+        for process, entry in profile["processes"].items():
+            packages = ", ".join(f"{package} {seconds:.2f}" for package, seconds in list(entry["packages"].items())[:5])
+            lines.append(f"| {process} | {entry['cpu_s']:.2f} | {packages} |")
     return "\n".join(lines) + "\n"
 
 

@@ -112,54 +112,83 @@ def marker_token_ids(tokenizer, markers: ReasoningMarkers = ReasoningMarkers()) 
     return ids[0], ids[1]
 
 
-def _partial_marker_suffix(text: str, markers: ReasoningMarkers) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of a marker (it may be completed by the
-    next delta, so a stream holds it back)."""
-    longest = 0
-    for marker in (markers.start, markers.end):
-        for size in range(1, len(marker)):
-            if text.endswith(marker[:size]):
-                longest = max(longest, size)
-    return longest
+def _held_back(text: str, marker: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `marker`: the next delta may complete
+    it, so a stream holds it back."""
+    for size in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:size]):
+            return size
+    return 0
 
 
 class ReasoningStream:
-    """Splits a streamed completion into reasoning and answer deltas as it arrives.
+    """Splits a streamed completion into reasoning and answer deltas as it arrives, and counts its tokens.
 
     Feed each engine delta (its text and token ids); get back the new reasoning text and the new answer text.
-    Markers never leak into either, even when a marker's text arrives split across deltas.
+    Markers never leak into either, even when a marker's text arrives split across deltas. The work per delta
+    is proportional to the delta, not to the text so far (a server runs this for every token it streams).
+
+    Token counts follow `split_token_ids` exactly. Text follows `split_text`, except that text before a start
+    marker is dropped only while it is whitespace: anything else means the template opened the block in the
+    prompt, and is streamed as reasoning at once rather than held back in case a start marker follows.
     """
 
     def __init__(self, start_id: int, end_id: int, markers: ReasoningMarkers = ReasoningMarkers()):
         self.start_id, self.end_id, self.markers = start_id, end_id, markers
-        self.text = ""
-        self.token_ids: list[int] = []
-        self._sent_reasoning = 0
-        self._sent_answer = 0
+        self._text_phase = "before"  # before the start marker, then "reasoning", then "answer"
+        self._pending = ""  # text not yet classified (a possible marker prefix)
+        self._token_phase = "before"
+        self.reasoning_tokens = 0
+        self.answer_tokens = 0
+
+    @property
+    def closed(self) -> bool:
+        """Whether the end marker has come (as a token)."""
+        return self._token_phase == "answer"
 
     def feed(self, text_delta: str, token_ids: Sequence[int] = ()) -> tuple[str, str]:
-        self.text += text_delta
-        self.token_ids.extend(token_ids)
+        self._count(token_ids)
+        self._pending += text_delta
         return self._emit(final=False)
 
     def flush(self) -> tuple[str, str]:
         """What was held back, once the stream has ended."""
         return self._emit(final=True)
 
-    def _emit(self, final: bool) -> tuple[str, str]:
-        split = split_text(self.text, self.markers)
-        reasoning, answer = split.reasoning, split.answer
-        if not final:
-            if split.closed:
-                answer = answer[: len(answer) - _partial_marker_suffix(answer, self.markers)]
+    def _count(self, token_ids: Sequence[int]) -> None:
+        for token in token_ids:
+            if self._token_phase == "answer":
+                self.answer_tokens += 1
+            elif token == self.end_id:
+                self._token_phase = "answer"
+            elif token == self.start_id and self._token_phase == "before":
+                self._token_phase = "reasoning"
+                self.reasoning_tokens = 0  # what came before the start marker is neither reasoning nor answer
             else:
-                reasoning = reasoning[: len(reasoning) - _partial_marker_suffix(self.text, self.markers)]
-        reasoning_delta = reasoning[self._sent_reasoning :] if len(reasoning) > self._sent_reasoning else ""
-        answer_delta = answer[self._sent_answer :] if len(answer) > self._sent_answer else ""
-        self._sent_reasoning = max(self._sent_reasoning, len(reasoning))
-        self._sent_answer = max(self._sent_answer, len(answer))
-        return reasoning_delta, answer_delta
+                self.reasoning_tokens += 1
 
-    @property
-    def split(self) -> SplitTokens:
-        return split_token_ids(self.token_ids, self.start_id, self.end_id)
+    def _emit(self, final: bool) -> tuple[str, str]:
+        start, end = self.markers.start, self.markers.end
+        reasoning = answer = ""
+        if self._text_phase == "before":
+            head = self._pending.lstrip()
+            if head.startswith(start):
+                self._pending = head[len(start) :]
+                self._text_phase = "reasoning"
+            elif start.startswith(head) and not final:
+                return "", ""  # still whitespace, or the start marker not yet whole
+            else:
+                self._text_phase = "reasoning"  # the start marker was in the prompt
+        if self._text_phase == "reasoning":
+            end_at = self._pending.find(end)
+            if end_at != -1:
+                reasoning = self._pending[:end_at]
+                self._pending = self._pending[end_at + len(end) :]
+                self._text_phase = "answer"
+            else:
+                keep = 0 if final else _held_back(self._pending, end)
+                reasoning = self._pending[: len(self._pending) - keep]
+                self._pending = self._pending[len(self._pending) - keep :]
+        if self._text_phase == "answer":
+            answer, self._pending = self._pending, ""
+        return reasoning, answer

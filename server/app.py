@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import signal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from server.budgets import Calibration
 from server.config import ServerConfig
-from server.errors import APIError, error_response, install_error_handlers
+from server.errors import install_error_handlers
+from server.middleware import RefuseWhileDraining, RequireAPIKey
 from server.routes import router
 from server.service import ChatService
 
 logger = logging.getLogger("l2s.server")
-
-OPEN_PATHS = {"/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 def build_app(config: ServerConfig, calibration: Calibration | None = None, api_key: str | None = None) -> FastAPI:
@@ -47,23 +45,10 @@ def build_app(config: ServerConfig, calibration: Calibration | None = None, api_
     install_error_handlers(app)
     app.include_router(router)
 
+    # Added last, runs first: a draining server refuses before it checks keys.
     if api_key:
-        expected = f"Bearer {api_key}".encode()
-
-        @app.middleware("http")
-        async def _authenticate(request: Request, call_next):
-            if request.url.path not in OPEN_PATHS:
-                given = request.headers.get("authorization", "").encode()
-                if not hmac.compare_digest(given, expected):  # constant time
-                    return error_response(APIError(401, "Incorrect API key provided", code="invalid_api_key"))
-            return await call_next(request)
-
-    @app.middleware("http")
-    async def _refuse_while_draining(request: Request, call_next):
-        if service.draining and request.url.path.startswith("/v1/"):
-            return error_response(APIError(503, "the server is shutting down", code="shutting_down", retry_after=5))
-        return await call_next(request)
-
+        app.add_middleware(RequireAPIKey, api_key=api_key)
+    app.add_middleware(RefuseWhileDraining, service=service)
     return app
 
 

@@ -163,14 +163,13 @@ class VariantEngine:
                         if choice.finish_reason is not None:
                             tail_reasoning, tail_answer = splitter.flush()
                             reasoning, answer = reasoning + tail_reasoning, answer + tail_answer
-                        split = splitter.split
                         yield (
                             choice.index,
                             Chunk(
                                 reasoning=reasoning,
                                 answer=answer,
-                                reasoning_tokens=split.reasoning_tokens,
-                                answer_tokens=split.answer_tokens,
+                                reasoning_tokens=splitter.reasoning_tokens,
+                                answer_tokens=splitter.answer_tokens,
                                 completion_tokens=generated[choice.index],
                                 finish_reason=choice.finish_reason,
                             ),

@@ -100,8 +100,18 @@ async def _until_disconnected(request: Request, events):
     producer = asyncio.create_task(produce())
     watcher = asyncio.create_task(cancel_on_disconnect())
     try:
-        while (event := await queue.get()) is not finished:
-            yield event
+        while True:
+            # Everything queued goes out in one write: under load, events pile up while the last write is sent.
+            events = [await queue.get()]
+            while not queue.empty():
+                events.append(queue.get_nowait())
+            ended = events[-1] is finished  # always last: the producer puts it as it ends
+            if ended:
+                events.pop()
+            if events:
+                yield "".join(events)
+            if ended:
+                return
     finally:
         watcher.cancel()
         producer.cancel()

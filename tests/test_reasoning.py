@@ -1,6 +1,8 @@
+import random
+
 import pytest
 
-from l2s.reasoning import ReasoningMarkers, marker_token_ids, split_text, split_token_ids
+from l2s.reasoning import ReasoningMarkers, ReasoningStream, marker_token_ids, split_text, split_token_ids
 
 S, E = 1, 2  # marker ids in the token tests
 
@@ -70,3 +72,45 @@ def test_marker_token_ids():
     assert marker_token_ids(_FakeTokenizer()) == (5, 6)
     with pytest.raises(ValueError, match="not 1"):
         marker_token_ids(_FakeTokenizer(), ReasoningMarkers(start="<r>", end="</think>"))
+
+
+def _chunked(items, rng):
+    """`items` cut into random consecutive pieces (a stream's deltas)."""
+    pieces, at = [], 0
+    while at < len(items):
+        size = rng.randint(1, 4)
+        pieces.append(items[at : at + size])
+        at += size
+    return pieces
+
+
+def test_stream_counts_match_split_token_ids_for_any_chunking():
+    rng = random.Random(0)
+    for _ in range(2000):
+        ids = [rng.choice([S, E, 7, 8, 9]) for _ in range(rng.randint(0, 12))]
+        stream = ReasoningStream(S, E)
+        for piece in _chunked(ids, rng):
+            stream.feed("", piece)
+        split = split_token_ids(ids, S, E)
+        assert (stream.reasoning_tokens, stream.answer_tokens, stream.closed) == (
+            split.reasoning_tokens,
+            split.answer_tokens,
+            split.closed,
+        ), ids
+
+
+def test_stream_text_matches_split_text_for_any_chunking():
+    rng = random.Random(1)
+    words = ["<think>", "</think>", "a", "b c", "<", "</", "think>", ">", " ", "\n"]
+    for _ in range(2000):
+        text = "".join(rng.choice(words) for _ in range(rng.randint(0, 10)))
+        if text.lstrip() and not text.lstrip().startswith("<think>") and "<think>" in text.split("</think>")[0]:
+            continue  # text before a start marker: streamed as reasoning at once (see ReasoningStream)
+        stream = ReasoningStream(S, E)
+        reasoning = answer = ""
+        for piece in _chunked(text, rng):
+            r, a = stream.feed(piece)
+            reasoning, answer = reasoning + r, answer + a
+        r, a = stream.flush()
+        split = split_text(text)
+        assert (reasoning + r, answer + a) == (split.reasoning, split.answer), repr(text)

@@ -144,4 +144,4 @@ def test_reasoning_stream_multi_token_markers_and_counts():
     out = [stream.feed(text, ids) for text, ids in [("[R]x", [10, 5]), ("y[/", [6]), ("R]z", [11, 7])]]
     out.append(stream.flush())
     assert "".join(r for r, _ in out) == "xy" and "".join(a for _, a in out) == "z"
-    assert stream.split.reasoning_tokens == 2 and stream.split.answer_tokens == 1
+    assert stream.reasoning_tokens == 2 and stream.answer_tokens == 1 and stream.closed

@@ -1,0 +1,44 @@
+"""The server's two gates, as plain ASGI middleware: refuse new work while draining, and check the API key.
+
+Plain ASGI rather than `@app.middleware("http")`: Starlette's `BaseHTTPMiddleware` wraps every response body
+in a memory stream and a task group, a cost paid on each chunk of every streamed completion. These gates look
+at the request only, so they pass a streaming response through untouched.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.errors import APIError, error_response
+
+OPEN_PATHS = {"/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+
+class RefuseWhileDraining:
+    """503 on every `/v1/` request once the server has begun shutting down."""
+
+    def __init__(self, app: ASGIApp, service) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.service.draining and scope["path"].startswith("/v1/"):
+            error = APIError(503, "the server is shutting down", code="shutting_down", retry_after=5)
+            return await error_response(error)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class RequireAPIKey:
+    """401 unless `Authorization: Bearer <key>`, on every path but the open ones (health, metrics, docs)."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app, self.expected = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
+            if not hmac.compare_digest(given, self.expected):  # constant time
+                error = APIError(401, "Incorrect API key provided", code="invalid_api_key")
+                return await error_response(error)(scope, receive, send)
+        await self.app(scope, receive, send)
