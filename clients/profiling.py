@@ -56,29 +56,44 @@ def _package(frame: str) -> str:
     return top
 
 
-def summarize(path: Path, top: int = 8) -> dict:
-    """CPU seconds per process, and for each its packages and functions by self time (the innermost frame)."""
+def summarize(path: Path, top: int = 8, within: dict[str, tuple[str, ...]] | None = None) -> dict:
+    """CPU seconds per process, and for each its packages and functions by self time (the innermost frame).
+
+    `within` names code to measure inclusively, by substrings of its frames (`{"ours": ("(server/",)}`): the CPU
+    seconds of samples with such a frame anywhere on the stack, i.e. that code and everything it called."""
+    within = within or {}
     processes: dict[str, dict] = {}
     for line in Path(path).read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
+        samples = int(count)
         frames = stack.split(";")
         names = [frame for frame in frames if frame.startswith("process ")]
         code = [frame for frame in frames if not frame.startswith("process ") and not frame.startswith("thread ")]
         name = _process_name(names[-1]) if names else "unknown"
         leaf = code[-1] if code else "native / unknown"
         entry = processes.setdefault(
-            name, {"samples": 0, "packages": collections.Counter(), "functions": collections.Counter()}
+            name,
+            {
+                "samples": 0,
+                "packages": collections.Counter(),
+                "functions": collections.Counter(),
+                "within": collections.Counter(),
+            },
         )
-        entry["samples"] += int(count)
-        entry["packages"][_package(leaf)] += int(count)
-        entry["functions"][leaf] += int(count)
+        entry["samples"] += samples
+        entry["packages"][_package(leaf)] += samples
+        entry["functions"][leaf] += samples
+        for label, markers in within.items():
+            if any(marker in frame for frame in code for marker in markers):
+                entry["within"][label] += samples
     return {
         name: {
             "cpu_s": entry["samples"] / RATE_HZ,
             "packages": {k: v / RATE_HZ for k, v in entry["packages"].most_common(top)},
             "functions": {k: v / RATE_HZ for k, v in entry["functions"].most_common(top)},
+            "within": {label: entry["within"][label] / RATE_HZ for label in within},
         }
         for name, entry in sorted(processes.items(), key=lambda item: -item[1]["samples"])
     }

@@ -21,11 +21,13 @@ RAW = "\n".join(
 def test_summarize_splits_processes_and_packages(tmp_path):
     path = tmp_path / "profile.txt"
     path.write_text(RAW + "\n")
-    summary = summarize(path)
+    summary = summarize(path, within={"ours": ("(server/",), "engine loop": ("core.py",)})
     assert list(summary) == ["VLLM::EngineCore", "api (l2s.cli)"]  # busiest first
     assert summary["VLLM::EngineCore"]["cpu_s"] == 0.55
     assert summary["api (l2s.cli)"]["packages"] == {"uvicorn": 0.3, "server": 0.1}
     assert summary["VLLM::EngineCore"]["functions"]["sched_yield (vllm/distributed/utils.py:46)"] == 0.5
+    assert summary["api (l2s.cli)"]["within"] == {"ours": 0.1, "engine loop": 0.0}
+    assert summary["VLLM::EngineCore"]["within"] == {"ours": 0.0, "engine loop": 0.55}  # inclusive: callees too
 
 
 def _run(tok_s: float, length: float) -> dict:
@@ -53,6 +55,7 @@ def test_summary_table_reports_every_comparison(tmp_path):
                 "ours": _run(1000, 230),
                 "vllm": _run(800, 230),
                 "throughput_ratio": 1.25,
+                "throughput_ratio_range": [1.1, 1.3],
                 "ttft_p50_ratio": 1.0,
                 "ttft_p99_ratio": 1.0,
                 "tpot_ratio": 1.0,
@@ -69,10 +72,11 @@ def test_summary_table_reports_every_comparison(tmp_path):
                 "same_length_throughput_ratio": 900 / 920,
             }
         },
-        "profile": {"ours": {"run": _run(1000, 230), "processes": summarize(path)}},
+        "profile": {"ours": {"run": _run(1000, 230), "processes": summarize(path, within={"ours": ("(server/",)})}},
     }
     table = summary_table(report)
-    assert "| 32 | 1000 / 800 (1.25)" in table
+    assert "| 32 | 1000 / 800 (1.25; rounds 1.10–1.30)" in table
     assert "vs unbudgeted on ours at 32 streams" in table
     assert "(ratio 0.90; completions of 45 vs 230 tokens)" in table and "(ratio 0.98)" in table
-    assert "| VLLM::EngineCore | 0.55 | vllm 0.55 |" in table
+    assert "| VLLM::EngineCore | 0.55 | vllm 0.55 | – |" in table
+    assert "| api (l2s.cli) | 0.40 | uvicorn 0.30, server 0.10 | ours 0.10 |" in table
