@@ -167,7 +167,8 @@ def compare_budgeted(url: str, model: str, prompts: list[str], concurrency: int,
 
 # Code whose CPU time the profile reports inclusively: ours in the API process, vLLM's budget enforcement in the engine.
 WITHIN = {
-    "long2short code": ("(server/", "(l2s/"),
+    # not server/middleware.py: it is on every request's stack, under everything
+    "long2short code": ("(server/routes.py", "(server/service.py", "(server/engine.py", "(l2s/"),
     "vLLM thinking-budget code": ("thinking_budget_state.py",),
 }
 
@@ -177,21 +178,23 @@ def profile_servers(
     processes: list[subprocess.Popen],
     model: str,
     prompts: list[str],
+    budget_prompts: list[str],
     concurrency: int,
     budget: int,
     out: Path,
 ) -> dict:
     """One more run against each server, and a budgeted one against ours, with py-spy sampling every process of
     the server: CPU seconds by process, by package and in named code, so that a gap can be placed."""
-    runs = [("ours", {}), ("vllm", {}), ("ours-budgeted", {"thinking_token_budget": budget})]
+    runs = [("ours", prompts, {}), ("vllm", prompts, {})]
+    runs.append(("ours-budgeted", budget_prompts, {"thinking_token_budget": budget}))
     servers = dict(zip(urls, processes))
     profiles = {}
-    for label, extra in runs:
+    for label, batch, extra in runs:
         name = label.split("-")[0]
         path = out / f"profile-{label}.txt"
         recorder = profiling.record(servers[name].pid, path)
         time.sleep(2)  # py-spy attaches to the process tree before the load starts
-        run = asyncio.run(workload(urls[name], model, prompts, concurrency, extra))
+        run = asyncio.run(workload(urls[name], model, batch, concurrency, extra))
         profiling.stop(recorder)
         profiles[label] = {"run": run, "request": extra, "processes": profiling.summarize(path, within=WITHIN)}
     return profiles
@@ -201,7 +204,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models/lab-long")
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--requests", type=int, default=64, help="requests per run (default: %(default)s)")
+    parser.add_argument(
+        "--requests", type=int, default=64, help="requests per run, at least 8 per stream (default: %(default)s)"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs per server (default: %(default)s)")
     parser.add_argument("--budget", type=int, default=32, help="budget of the budgeted comparison")
     parser.add_argument(
@@ -211,23 +216,27 @@ def main() -> None:
     args = parser.parse_args()
     model, out = Path(args.model), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    prompts = [p.question for p in generate_problems("validation", args.requests, seed=5)]
+    levels = [int(c) for c in args.concurrency.split(",")]
+    top = max(levels)
+    # Every run at least 8 requests deep per stream: shorter runs measure the ramp-up and the scheduler's luck.
+    prompts = [p.question for p in generate_problems("validation", max(args.requests, 8 * top), seed=5)]
     urls, processes, scratch = start_servers(model, out)
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "model": str(model),
-        "requests_per_run": args.requests,
+        "requests_per_run": {str(c): max(args.requests, 8 * c) for c in levels},
         "side_by_side": {},
     }
     try:
-        for concurrency in (int(c) for c in args.concurrency.split(",")):
+        for concurrency in levels:
+            batch = prompts[: max(args.requests, 8 * concurrency)]
             runs = {"ours": [], "vllm": []}
             asyncio.run(workload(urls["ours"], model.name, prompts[:4], concurrency, {}))  # warm-up
             asyncio.run(workload(urls["vllm"], model.name, prompts[:4], concurrency, {}))
             for _ in range(args.rounds):
                 for name in ("ours", "vllm"):  # alternating, so drift hits both alike
-                    runs[name].append(asyncio.run(workload(urls[name], model.name, prompts, concurrency, {})))
+                    runs[name].append(asyncio.run(workload(urls[name], model.name, batch, concurrency, {})))
             ours, theirs = _merge_rounds(runs["ours"]), _merge_rounds(runs["vllm"])
             report["side_by_side"][str(concurrency)] = {
                 "ours": ours,
@@ -248,15 +257,14 @@ def main() -> None:
                     }
                 )
             )
-        top = max(int(c) for c in args.concurrency.split(","))
         # On both servers: a gap that vLLM's own server shows too is the engine's, not ours.
         # Short requests make short runs: four times as many keep the comparison's noise down.
-        many = [p.question for p in generate_problems("validation", 4 * args.requests, seed=6)]
+        many = [p.question for p in generate_problems("validation", 4 * len(prompts), seed=6)]
         report["budgeted"] = {
             name: compare_budgeted(url, model.name, many, top, args.budget, args.rounds) for name, url in urls.items()
         }
         if args.profile:
-            report["profile"] = profile_servers(urls, processes, model.name, prompts, top, args.budget, out)
+            report["profile"] = profile_servers(urls, processes, model.name, prompts, many, top, args.budget, out)
     finally:
         for process in processes:
             stop_server(process)
@@ -271,7 +279,8 @@ def summary_table(report: dict) -> str:
     """bench.json as the README's tables."""
     lines = [
         f"{report['date']}, {report['machine']['cpus']} CPUs, model {report['model']}, "
-        f"{report['requests_per_run']} streaming requests per run, median of the rounds\n",
+        f"{'/'.join(map(str, report['requests_per_run'].values()))} streaming requests per run at "
+        f"{'/'.join(report['requests_per_run'])} streams, median of the rounds\n",
         "| streams | output tok/s ours / vLLM (ratio; range over rounds) | TTFT p50 ms ours / vLLM (ratio) "
         "| TTFT p99 ms ours / vLLM (ratio) | TPOT ms ours / vLLM (ratio) |",
         "|---|---|---|---|---|",

@@ -49,7 +49,7 @@ def test_summary_table_reports_every_comparison(tmp_path):
         "date": "2026-11-29 20:00 UTC",
         "machine": {"cpus": 2},
         "model": "models/lab-long",
-        "requests_per_run": 8,
+        "requests_per_run": {"32": 256},
         "side_by_side": {
             "32": {
                 "ours": _run(1000, 230),
@@ -75,6 +75,7 @@ def test_summary_table_reports_every_comparison(tmp_path):
         "profile": {"ours": {"run": _run(1000, 230), "processes": summarize(path, within={"ours": ("(server/",)})}},
     }
     table = summary_table(report)
+    assert "256 streaming requests per run at 32 streams" in table
     assert "| 32 | 1000 / 800 (1.25; rounds 1.10–1.30)" in table
     assert "vs unbudgeted on ours at 32 streams" in table
     assert "(ratio 0.90; completions of 45 vs 230 tokens)" in table and "(ratio 0.98)" in table
