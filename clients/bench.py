@@ -133,6 +133,17 @@ async def workload(url: str, model: str, prompts: list[str], concurrency: int, e
     }
 
 
+# vLLM's engine processes spin for a second after their last step (its shared-memory queue's busy loop): a run
+# that starts sooner shares the CPU with the previous server's spinning.
+SETTLE_S = 2.0
+
+
+def measure(url: str, model: str, prompts: list[str], concurrency: int, extra: dict) -> dict:
+    """One run of the workload, on an otherwise idle machine."""
+    time.sleep(SETTLE_S)
+    return asyncio.run(workload(url, model, prompts, concurrency, extra))
+
+
 def _ratio_range(ours: list[dict], theirs: list[dict], key: str) -> list[float]:
     ratios = [a[key] / b[key] for a, b in zip(ours, theirs)]
     return [min(ratios), max(ratios)]
@@ -148,16 +159,12 @@ def compare_budgeted(url: str, model: str, prompts: list[str], concurrency: int,
     requests pay their fixed costs (HTTP, template, prefill) over fewer tokens; so the comparison is also made
     against unbudgeted requests cut to the budgeted ones' mean length, which leaves only the enforcement's cost."""
     runs: dict[str, list[dict]] = {"budgeted": [], "unbudgeted": [], "unbudgeted_same_length": []}
-    asyncio.run(workload(url, model, prompts[:4], concurrency, {"thinking_token_budget": budget}))  # warm-up
+    measure(url, model, prompts[:4], concurrency, {"thinking_token_budget": budget})  # warm-up
     for _ in range(rounds):
-        runs["budgeted"].append(
-            asyncio.run(workload(url, model, prompts, concurrency, {"thinking_token_budget": budget}))
-        )
-        runs["unbudgeted"].append(asyncio.run(workload(url, model, prompts, concurrency, {})))
+        runs["budgeted"].append(measure(url, model, prompts, concurrency, {"thinking_token_budget": budget}))
+        runs["unbudgeted"].append(measure(url, model, prompts, concurrency, {}))
         same_length = round(runs["budgeted"][-1]["completion_tokens_mean"])
-        runs["unbudgeted_same_length"].append(
-            asyncio.run(workload(url, model, prompts, concurrency, {"max_tokens": same_length}))
-        )
+        runs["unbudgeted_same_length"].append(measure(url, model, prompts, concurrency, {"max_tokens": same_length}))
     result = {"concurrency": concurrency, "budget": budget, **{k: _merge_rounds(v) for k, v in runs.items()}}
     budgeted = result["budgeted"]["output_tokens_per_s"]
     result["throughput_ratio"] = budgeted / result["unbudgeted"]["output_tokens_per_s"]
@@ -167,8 +174,8 @@ def compare_budgeted(url: str, model: str, prompts: list[str], concurrency: int,
 
 # Code whose CPU time the profile reports inclusively: ours in the API process, vLLM's budget enforcement in the engine.
 WITHIN = {
-    # not server/middleware.py: it is on every request's stack, under everything
-    "long2short code": ("(server/routes.py", "(server/service.py", "(server/engine.py", "(l2s/"),
+    # not server/middleware.py nor l2s/cli.py: every request's stack starts with them
+    "long2short code": ("(server/routes.py", "(server/service.py", "(server/engine.py", "(l2s/reasoning.py"),
     "vLLM thinking-budget code": ("thinking_budget_state.py",),
 }
 
@@ -194,7 +201,7 @@ def profile_servers(
         path = out / f"profile-{label}.txt"
         recorder = profiling.record(servers[name].pid, path)
         time.sleep(2)  # py-spy attaches to the process tree before the load starts
-        run = asyncio.run(workload(urls[name], model, batch, concurrency, extra))
+        run = measure(urls[name], model, batch, concurrency, extra)
         profiling.stop(recorder)
         profiles[label] = {"run": run, "request": extra, "processes": profiling.summarize(path, within=WITHIN)}
     return profiles
@@ -232,11 +239,12 @@ def main() -> None:
         for concurrency in levels:
             batch = prompts[: max(args.requests, 8 * concurrency)]
             runs = {"ours": [], "vllm": []}
-            asyncio.run(workload(urls["ours"], model.name, prompts[:4], concurrency, {}))  # warm-up
-            asyncio.run(workload(urls["vllm"], model.name, prompts[:4], concurrency, {}))
-            for _ in range(args.rounds):
-                for name in ("ours", "vllm"):  # alternating, so drift hits both alike
-                    runs[name].append(asyncio.run(workload(urls[name], model.name, batch, concurrency, {})))
+            measure(urls["ours"], model.name, prompts[:4], concurrency, {})  # warm-up
+            measure(urls["vllm"], model.name, prompts[:4], concurrency, {})
+            for round_ in range(args.rounds):
+                # alternating, and each server first in every other round, so drift and order hit both alike
+                for name in ("ours", "vllm") if round_ % 2 == 0 else ("vllm", "ours"):
+                    runs[name].append(measure(urls[name], model.name, batch, concurrency, {}))
             ours, theirs = _merge_rounds(runs["ours"]), _merge_rounds(runs["vllm"])
             report["side_by_side"][str(concurrency)] = {
                 "ours": ours,
