@@ -1,8 +1,10 @@
 """Side-by-side serving benchmark: our server against vLLM's own OpenAI server, same model, same client.
 
-    python clients/bench.py [--model models/lab-long] [--concurrency 1,8,32] [--requests 64] [--rounds 2] --out DIR
+    python clients/bench.py [--model models/lab-long] [--concurrency 1,8,32] [--requests 64] [--rounds 2]
+                            [--profile] [--baseline GIT_REF] --out DIR
 
-Starts (a) `l2s serve` hosting only the given model and (b) `python -m vllm.entrypoints.openai.api_server` on it,
+Starts (a) `l2s serve` hosting only the given model and (b) `python -m vllm.entrypoints.openai.api_server` on it
+(or, with --baseline, `l2s serve` from a git worktree at that commit),
 both on loopback, then runs the same streaming workload against each, alternating, at each concurrency: output
 tokens/s, TTFT p50/p99 and TPOT, and the ratios ours/vLLM. Then budgeted vs unbudgeted requests on each, and with
 --profile, where each server's CPU time goes (py-spy).
@@ -31,44 +33,53 @@ from l2s.lab.task import generate_problems
 from l2s.local_server import free_port, start_server, stop_server, wait_healthy
 
 
-def start_servers(model: Path, out: Path) -> tuple[dict[str, str], list[subprocess.Popen], Path]:
+def start_servers(model: Path, out: Path, baseline_ref: str | None = None) -> tuple[dict, list[subprocess.Popen], list]:
+    """Our server and the baseline (vLLM's own server, or ours at git `baseline_ref`), ready; and what to clean up."""
     only = Path(tempfile.mkdtemp(prefix="l2s-bench-"))
     (only / model.name).symlink_to(model.resolve())
     # Both engines' compute on the same core: only one server is under load at a time, and a core that takes
     # more interrupts than the other would otherwise favour one server.
     environment = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0"}
     ours, ours_url = start_server(only, "--config", "", log_path=out / "ours.log", env=environment)
-    vllm_port = free_port()
-    theirs = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(model),
-            "--served-model-name",
-            model.name,
-            "--port",
-            str(vllm_port),
-            "--dtype",
-            "float32",
-            "--max-model-len",
-            "1024",
-            "--reasoning-parser",
-            "deepseek_r1",
-            "--no-enable-chunked-prefill",
-            "--max-num-batched-tokens",
-            "8192",
-            "--disable-log-stats",
-        ],
-        stdout=(out / "vllm.log").open("w"),
-        stderr=subprocess.STDOUT,
-        env=environment,
-    )
-    urls = {"ours": ours_url, "vllm": f"http://127.0.0.1:{vllm_port}"}
+    scratch = [only]
+    if baseline_ref:  # `python -m` puts the working directory first on the path: the worktree's code runs
+        tree = _worktree(baseline_ref)
+        scratch.append(tree)
+        name = f"ours@{baseline_ref}"
+        theirs, theirs_url = start_server(
+            only, "--config", "", log_path=out / "baseline.log", env=environment, cwd=tree
+        )
+    else:
+        name, (theirs, theirs_url) = "vllm", _start_vllm(model, out, environment)
+    urls = {"ours": ours_url, name: theirs_url}
     for url, process in zip(urls.values(), (ours, theirs)):
         wait_healthy(url, process)
-    return urls, [ours, theirs], only
+    return urls, [ours, theirs], scratch
+
+
+def _start_vllm(model: Path, out: Path, environment: dict) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
+    command += ["--served-model-name", model.name, "--port", str(port), "--dtype", "float32"]
+    command += ["--max-model-len", "1024", "--reasoning-parser", "deepseek_r1", "--no-enable-chunked-prefill"]
+    command += ["--max-num-batched-tokens", "8192", "--disable-log-stats"]  # as our engine settings
+    log = (out / "vllm.log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def _worktree(ref: str) -> Path:
+    """A checkout of `ref` beside this one (same installed dependencies), removed by `_clean_up`."""
+    tree = Path(tempfile.mkdtemp(prefix="l2s-baseline-"))
+    subprocess.run(["git", "worktree", "add", "--detach", "--force", str(tree), ref], check=True, capture_output=True)
+    return tree
+
+
+def _clean_up(scratch: list[Path]) -> None:
+    for path in scratch:
+        if path.name.startswith("l2s-baseline-"):
+            subprocess.run(["git", "worktree", "remove", "--force", str(path)], capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 async def one_stream(client: httpx.AsyncClient, url: str, model: str, prompt: str, extra: dict) -> dict:
@@ -192,12 +203,12 @@ def profile_servers(
 ) -> dict:
     """One more run against each server, and a budgeted one against ours, with py-spy sampling every process of
     the server: CPU seconds by process, by package and in named code, so that a gap can be placed."""
-    runs = [("ours", prompts, {}), ("vllm", prompts, {})]
+    runs = [(name, prompts, {}) for name in urls]
     runs.append(("ours-budgeted", budget_prompts, {"thinking_token_budget": budget}))
     servers = dict(zip(urls, processes))
     profiles = {}
     for label, batch, extra in runs:
-        name = label.split("-")[0]
+        name = label.removesuffix("-budgeted")
         path = out / f"profile-{label}.txt"
         recorder = profiling.record(servers[name].pid, path)
         time.sleep(2)  # py-spy attaches to the process tree before the load starts
@@ -209,15 +220,22 @@ def profile_servers(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/lab-long")
-    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--model", default="models/lab-long", help="model directory (default: %(default)s)")
+    parser.add_argument("--concurrency", default="1,8,32", help="concurrent streams per level (default: %(default)s)")
     parser.add_argument(
         "--requests", type=int, default=64, help="requests per run, at least 8 per stream (default: %(default)s)"
     )
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs per server (default: %(default)s)")
-    parser.add_argument("--budget", type=int, default=32, help="budget of the budgeted comparison")
+    parser.add_argument(
+        "--budget", type=int, default=32, help="budget of the budgeted comparison (default: %(default)s)"
+    )
     parser.add_argument(
         "--profile", action="store_true", help="also sample both servers with py-spy at the top concurrency"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="GIT_REF",
+        help="compare with our own server at this commit instead of vLLM's server (a before/after of a change)",
     )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -227,31 +245,33 @@ def main() -> None:
     top = max(levels)
     # Every run at least 8 requests deep per stream: shorter runs measure the ramp-up and the scheduler's luck.
     prompts = [p.question for p in generate_problems("validation", max(args.requests, 8 * top), seed=5)]
-    urls, processes, scratch = start_servers(model, out)
+    urls, processes, scratch = start_servers(model, out, args.baseline)
+    other = next(name for name in urls if name != "ours")
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "model": str(model),
+        "baseline": other,
         "requests_per_run": {str(c): max(args.requests, 8 * c) for c in levels},
         "side_by_side": {},
     }
     try:
         for concurrency in levels:
             batch = prompts[: max(args.requests, 8 * concurrency)]
-            runs = {"ours": [], "vllm": []}
+            runs = {"ours": [], other: []}
             measure(urls["ours"], model.name, prompts[:4], concurrency, {})  # warm-up
-            measure(urls["vllm"], model.name, prompts[:4], concurrency, {})
+            measure(urls[other], model.name, prompts[:4], concurrency, {})
             for round_ in range(args.rounds):
                 # alternating, and each server first in every other round, so drift and order hit both alike
-                for name in ("ours", "vllm") if round_ % 2 == 0 else ("vllm", "ours"):
+                for name in ("ours", other) if round_ % 2 == 0 else (other, "ours"):
                     runs[name].append(measure(urls[name], model.name, batch, concurrency, {}))
-            ours, theirs = _merge_rounds(runs["ours"]), _merge_rounds(runs["vllm"])
+            ours, theirs = _merge_rounds(runs["ours"]), _merge_rounds(runs[other])
             report["side_by_side"][str(concurrency)] = {
                 "ours": ours,
-                "vllm": theirs,
+                "baseline": theirs,
                 "throughput_ratio": ours["output_tokens_per_s"] / theirs["output_tokens_per_s"],
                 # round by round (each pair run back to back): how much of the median ratio is noise
-                "throughput_ratio_range": _ratio_range(runs["ours"], runs["vllm"], "output_tokens_per_s"),
+                "throughput_ratio_range": _ratio_range(runs["ours"], runs[other], "output_tokens_per_s"),
                 "ttft_p50_ratio": ours["ttft_p50_s"] / theirs["ttft_p50_s"],
                 "ttft_p99_ratio": ours["ttft_p99_s"] / theirs["ttft_p99_s"],
                 "tpot_ratio": ours["tpot_mean_s"] / theirs["tpot_mean_s"],
@@ -276,7 +296,7 @@ def main() -> None:
     finally:
         for process in processes:
             stop_server(process)
-        shutil.rmtree(scratch, ignore_errors=True)
+        _clean_up(scratch)
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "bench.md").write_text(summary_table(report))
     print(summary_table(report))
@@ -285,16 +305,18 @@ def main() -> None:
 
 def summary_table(report: dict) -> str:
     """bench.json as the README's tables."""
+    baseline = {"vllm": "vLLM"}.get(report.get("baseline", "vllm"), report.get("baseline"))  # or ours@REF
     lines = [
         f"{report['date']}, {report['machine']['cpus']} CPUs, model {report['model']}, "
         f"{'/'.join(map(str, report['requests_per_run'].values()))} streaming requests per run at "
         f"{'/'.join(report['requests_per_run'])} streams, median of the rounds\n",
-        "| streams | output tok/s ours / vLLM (ratio; range over rounds) | TTFT p50 ms ours / vLLM (ratio) "
-        "| TTFT p99 ms ours / vLLM (ratio) | TPOT ms ours / vLLM (ratio) |",
+        f"| streams | output tok/s ours / {baseline} (ratio; range over rounds) "
+        f"| TTFT p50 ms ours / {baseline} (ratio) | TTFT p99 ms ours / {baseline} (ratio) "
+        f"| TPOT ms ours / {baseline} (ratio) |",
         "|---|---|---|---|---|",
     ]
     for streams, row in report["side_by_side"].items():
-        ours, theirs = row["ours"], row["vllm"]
+        ours, theirs = row["ours"], row["baseline"]
         lines.append(
             f"| {streams} | {ours['output_tokens_per_s']:.0f} / {theirs['output_tokens_per_s']:.0f} "
             f"({row['throughput_ratio']:.2f}; rounds {row['throughput_ratio_range'][0]:.2f}–"

@@ -49,11 +49,12 @@ def test_summary_table_reports_every_comparison(tmp_path):
         "date": "2026-11-29 20:00 UTC",
         "machine": {"cpus": 2},
         "model": "models/lab-long",
+        "baseline": "vllm",
         "requests_per_run": {"32": 256},
         "side_by_side": {
             "32": {
                 "ours": _run(1000, 230),
-                "vllm": _run(800, 230),
+                "baseline": _run(800, 230),
                 "throughput_ratio": 1.25,
                 "throughput_ratio_range": [1.1, 1.3],
                 "ttft_p50_ratio": 1.0,
@@ -76,6 +77,7 @@ def test_summary_table_reports_every_comparison(tmp_path):
     }
     table = summary_table(report)
     assert "256 streaming requests per run at 32 streams" in table
+    assert "| output tok/s ours / vLLM (ratio; range over rounds) |" in table
     assert "| 32 | 1000 / 800 (1.25; rounds 1.10–1.30)" in table
     assert "vs unbudgeted on ours at 32 streams" in table
     assert "(ratio 0.90; completions of 45 vs 230 tokens)" in table and "(ratio 0.98)" in table
