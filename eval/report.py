@@ -167,9 +167,16 @@ def plot(out_dir: Path, results: list[dict]) -> None:
         if chosen:
             points.append((chosen["mean_reasoning_tokens"], 100 * chosen["accuracy"], model))
     figure, axes = plt.subplots(figsize=(6.4, 4.8))
+    span = max((p[0] for p in points), default=1) - min((p[0] for p in points), default=0) or 1
+    placed: list[tuple[float, float]] = []
     for tokens, accuracy, model in points:
         axes.scatter(tokens, accuracy, s=60, zorder=3)
-        axes.annotate(model, (tokens, accuracy), textcoords="offset points", xytext=(6, 4), fontsize=9)
+        # a label beside a near neighbour's would overlap it (labels run ~a quarter of the width): put it on the
+        # side away from the neighbours, below when they are level or above
+        near = [a for t, a in placed if abs(tokens - t) < 0.25 * span and abs(accuracy - a) < 6]
+        offset = (6, -12) if near and min(near) >= accuracy else (6, 4)
+        axes.annotate(model, (tokens, accuracy), textcoords="offset points", xytext=offset, fontsize=9)
+        placed.append((tokens, accuracy))
     frontier = _pareto(points)
     if len(frontier) > 1:
         axes.plot([p[0] for p in frontier], [p[1] for p in frontier], "--", color="grey", label="Pareto frontier")
