@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from l2s.inplace_reload import WORKER_EXTENSION
 from l2s.reasoning import ReasoningMarkers, split_text, split_token_ids
 
 
@@ -54,6 +55,7 @@ def open_engine(
         seed=settings.seed,
         reasoning_config={"reasoning_start_str": markers.start, "reasoning_end_str": markers.end},
         enable_prefix_caching=True,
+        worker_extension_cls=WORKER_EXTENSION,  # lets RL load each new policy in place (l2s/inplace_reload.py)
         **cpu_scheduling(settings.max_model_len),
     )
 
