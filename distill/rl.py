@@ -4,8 +4,8 @@
 
 Each iteration i, top to bottom in `run`:
 
-  1. The current policy becomes the reference π_θi. The vLLM engine holds exactly these weights (restarted on
-     the previous iteration's checkpoint), so samples come from π_θi.
+  1. The current policy becomes the reference π_θi. The vLLM engine holds exactly these weights (loaded in place
+     from the previous iteration's checkpoint), so samples come from π_θi.
   2. Draw problems (curriculum by level, prioritised by 1 − running success rate) and sample k responses each.
      With partial rollouts, each iteration generates at most `rollout_tokens` per response; unfinished ones
      are stored and continued next iteration, and a problem trains once all its k responses are complete.
@@ -19,7 +19,7 @@ Each iteration i, top to bottom in `run`:
          (1/k) Σ_j [ ∇log π_θ(y_j|x) · (r_j − r̄) − (τ/2) · ∇( log π_θ(y_j|x)/π_θi(y_j|x) )² ].
      log π is of the whole response (a sum over its tokens, no per-token normalisation). No value network,
      no clipping.
-  5. Write a complete checkpoint atomically and restart the engine on it (it becomes π_θ(i+1)); log.
+  5. Write a complete checkpoint atomically and load it into the engine (it becomes π_θ(i+1)); log.
 
 The optimiser reset makes resuming exact: a checkpoint is the weights plus a small JSON state (iteration,
 running success rates, stored partial rollouts, random state), and `--resume` continues from the last one.
@@ -260,7 +260,7 @@ def _chunks(items: list, size: int):
 
 
 def refresh_engine(engine, checkpoint: Path):
-    """The engine, now serving exactly the weights of `checkpoint`: loaded in place (a restart cost 20–40 s of each
+    """The engine, now serving exactly the weights of `checkpoint`: loaded in place (a restart cost 28–42 s of each
     iteration on 2 CPU cores). vLLM's in-place reload alone left the CPU build's packed embedding and LM head
     stale; `reload_engine_weights` repacks them and drops the prefix cache, and tests/test_inplace_reload.py
     checks the result against a fresh engine token for token. Rollouts are seeded per request, so the run is
