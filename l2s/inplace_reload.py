@@ -19,14 +19,14 @@ class InPlaceReload:
     """Methods added to vLLM's worker (`self` is the worker), called by name through `collective_rpc`."""
 
     def reload_checkpoint(self, path: str) -> list[str]:
+        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
         self.reload_weights(weights_path=path)
         repacked = []
         for name, module in self.model_runner.model.named_modules():
             weight = getattr(module, "weight", None)
             # layers that dispatched to a packed CPU kernel *and* kept their weight: the packed copy is stale
             if hasattr(module, "cpu_linear") and weight is not None and weight.ndim == 2 and weight.numel():
-                from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
-
                 dispatch_cpu_unquantized_gemm(module, remove_weight=False)
                 repacked.append(name)
         return repacked
