@@ -52,8 +52,11 @@ lab-rl-ablations: setup
 
 # The README's merge curve: plain averages at five weights of the long model (not served: under runs/).
 SWEEP := 0.9 0.8 0.7 0.6 0.5
+comma := ,
+space := $(subst ,, )
 lab-merge-sweep: setup
-	$(BIN)/l2s distill merge --recipe configs/distill/merge.yaml --sweep 0.5,0.6,0.7,0.8,0.9 --out runs/merge-sweep
+	$(BIN)/l2s distill merge --recipe configs/distill/merge.yaml --sweep $(subst $(space),$(comma),$(SWEEP)) \
+		--out runs/merge-sweep
 	$(BIN)/l2s eval --offline --model $(MODELS)/lab-long $(foreach w,$(SWEEP),--model runs/merge-sweep/merge-sweep-w$(w)) \
 		--model $(MODELS)/lab-short --task lab --num-problems 200 --budgets none --out results/merge-sweep
 

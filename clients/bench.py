@@ -210,8 +210,7 @@ def profile_servers(
     for label, batch, extra in runs:
         name = label.removesuffix("-budgeted")
         path = out / f"profile-{label}.txt"
-        recorder = profiling.record(servers[name].pid, path)
-        time.sleep(2)  # py-spy attaches to the process tree before the load starts
+        recorder = profiling.record(servers[name].pid, path)  # attached during `measure`'s settling pause
         run = measure(urls[name], model, batch, concurrency, extra)
         profiling.stop(recorder)
         profiles[label] = {"run": run, "request": extra, "processes": profiling.summarize(path, within=WITHIN)}
@@ -244,7 +243,8 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     top = max(levels)
     # Every run at least 8 requests deep per stream: shorter runs measure the ramp-up and the scheduler's luck.
-    prompts = [p.question for p in generate_problems("validation", max(args.requests, 8 * top), seed=5)]
+    requests_per_run = {c: max(args.requests, 8 * c) for c in levels}
+    prompts = [p.question for p in generate_problems("validation", max(requests_per_run.values()), seed=5)]
     urls, processes, scratch = start_servers(model, out, args.baseline)
     other = next(name for name in urls if name != "ours")
     report = {
@@ -252,12 +252,12 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "model": str(model),
         "baseline": other,
-        "requests_per_run": {str(c): max(args.requests, 8 * c) for c in levels},
+        "requests_per_run": {str(c): n for c, n in requests_per_run.items()},
         "side_by_side": {},
     }
     try:
         for concurrency in levels:
-            batch = prompts[: max(args.requests, 8 * concurrency)]
+            batch = prompts[: requests_per_run[concurrency]]
             runs = {"ours": [], other: []}
             measure(urls["ours"], model.name, prompts[:4], concurrency, {})  # warm-up
             measure(urls[other], model.name, prompts[:4], concurrency, {})
