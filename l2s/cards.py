@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from l2s.atomic import write_text_atomic
+
 CARD_FILE = "card.json"
 TEMP_PREFIX = ".tmp-"
 
@@ -58,10 +60,7 @@ def read_card(model_dir: str | Path) -> dict | None:
 
 
 def write_card(model_dir: str | Path, card: dict) -> None:
-    path = Path(model_dir) / CARD_FILE
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
-    os.replace(temporary, path)
+    write_text_atomic(Path(model_dir) / CARD_FILE, json.dumps(card, indent=2, sort_keys=False) + "\n")
 
 
 def update_card(model_dir: str | Path, **fields: Any) -> dict:

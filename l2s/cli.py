@@ -14,7 +14,7 @@ from pathlib import Path
 def _lab_build(args: argparse.Namespace) -> int:
     from l2s.lab.build import build
 
-    build(Path(args.out), Path(args.recipe), force_measure=args.remeasure)
+    build(Path(args.out), Path(args.recipe), force_measure=args.remeasure, seed=args.seed)
     return 0
 
 
@@ -32,6 +32,9 @@ def _add_lab(subparsers) -> None:
     )
     build.add_argument("--out", default="models", help="models directory (default: %(default)s)")
     build.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="lab recipe YAML (default: configs/lab.yaml)")
+    build.add_argument(
+        "--seed", type=int, default=None, help="override the recipe's seed (problems, tokenizer, training)"
+    )
     build.add_argument(
         "--remeasure", action="store_true", help="measure the models again even if their cards have figures"
     )

@@ -38,6 +38,7 @@ class Sample:
     answer_tokens: int
     closed: bool  # the reasoning ended with the end marker
     finish_reason: str | None
+    logprob: float | None = None  # with `logprobs=True`: log π of the sampled tokens (eos included), per the engine
 
 
 def open_engine(
@@ -124,6 +125,7 @@ def generate_from_ids(
     seed: int | Sequence[int] = 0,
     markers: ReasoningMarkers = ReasoningMarkers(),
     progress: bool = True,
+    logprobs: bool = False,
 ) -> list[list[Sample]]:
     """Completions of prompts given as token ids (a chat prompt, or one with a partial completion appended to
     continue it). `max_tokens` and `seed` may differ per prompt: the same prompt with the same seed gives the
@@ -142,6 +144,7 @@ def generate_from_ids(
             seed=prompt_seed,
             thinking_token_budget=thinking_token_budget if thinking_token_budget not in (None, -1) else None,
             skip_special_tokens=True,
+            logprobs=0 if logprobs else None,  # 0: only the sampled token's
         )
         for cap, prompt_seed in zip(caps, seeds)
     ]
@@ -165,10 +168,16 @@ def generate_from_ids(
                     answer_tokens=split_ids.answer_tokens,
                     closed=split_ids.closed,
                     finish_reason=choice.finish_reason,
+                    logprob=_sampled_logprob(choice) if logprobs else None,
                 )
             )
         results.append(samples)
     return results
+
+
+def _sampled_logprob(choice) -> float:
+    """The sum of the engine's log-probabilities of the tokens it sampled."""
+    return sum(step[token].logprob for token, step in zip(choice.token_ids, choice.logprobs))
 
 
 def close_engine(engine) -> None:

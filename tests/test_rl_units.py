@@ -75,3 +75,40 @@ def test_curriculum_opens_every_level_by_the_middle_of_the_run():
     assert levels_at(6) == levels_at(11) == {1, 2, 3}
     assert {p.level for p in choose_problems(list(pool), recipe.model_copy(update={"curriculum": False}),
                                              RunState(), random.Random(0))} == {1, 2, 3}  # fmt: skip
+
+
+def test_checkpoint_selection_rule():
+    from distill.validation import Score, select
+
+    start = Score(0, accuracy=1.00, reasoning_tokens=230)
+    drifted = Score(12, accuracy=0.85, reasoning_tokens=70)  # shortest, but lost accuracy
+    kept = Score(8, accuracy=0.992, reasoning_tokens=82)  # within 1 point of the start
+    tie = Score(10, accuracy=0.996, reasoning_tokens=82)  # same tokens, more accurate
+    assert select([start, Score(4, 0.99, 120), kept, drifted], tolerance=0.01) == kept
+    assert select([start, kept, tie, drifted], tolerance=0.01) == tie
+    assert select([start, drifted], tolerance=0.01) == start  # nothing shorter kept the accuracy: the start
+    assert select([start, drifted], tolerance=0.2) == drifted
+    with pytest.raises(ValueError):
+        select([kept], tolerance=0.01)  # the start's score must come first
+
+
+def test_atomic_write_replaces_whole_files(tmp_path):
+    from l2s.atomic import write_text_atomic
+
+    target = tmp_path / "metrics.jsonl"
+    write_text_atomic(target, "one\n")
+    write_text_atomic(target, "two\n")
+    assert target.read_text() == "two\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temporary left behind
+
+
+def test_resume_may_extend_a_run_only_where_that_changes_nothing_else():
+    from distill.rl import RLRecipe, continues
+
+    saved = RLRecipe(model="m", iterations=12, curriculum=False)
+    assert continues(saved, saved)
+    assert continues(saved, saved.model_copy(update={"iterations": 16}))  # a 16-iteration run, exactly
+    assert not continues(saved, saved.model_copy(update={"iterations": 8}))
+    assert not continues(saved, saved.model_copy(update={"iterations": 16, "tau": 1.0}))
+    with_curriculum = saved.model_copy(update={"curriculum": True})  # its level schedule spans the run
+    assert not continues(with_curriculum, with_curriculum.model_copy(update={"iterations": 16}))

@@ -8,7 +8,7 @@ Both fine-tunes share the base as their ancestor, so merging them means somethin
 its recipe: a model directory whose card carries the same recipe hash is reused, so a second build starts at
 once. Every directory is written under a temporary name and renamed when complete (`atomic_model_dir`).
 After training, each variant is measured on held-out test problems with the vLLM engine and the figures go
-into its `card.json`.
+into its `card.json`. Finished builds are also cached outside the checkout by recipe hash (`l2s/lab/cache.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from l2s.cards import atomic_model_dir, new_card, read_card, stable_hash, update_card, write_card
+from l2s.lab import cache as lab_cache
 from l2s.lab.task import Problem, generate_problems, is_correct
 from l2s.lab.tokenizer import save_tokenizer, train_tokenizer
 from l2s.lab.traces import LongTraceOptions, completion
@@ -242,10 +243,17 @@ def measure(model_dir: Path, problems: list[Problem], recipe: LabRecipe, sample:
         close_engine(engine)
 
 
-def build(out: Path, recipe_path: Path = DEFAULT_RECIPE, force_measure: bool = False) -> dict[str, dict]:
+def build(
+    out: Path, recipe_path: Path = DEFAULT_RECIPE, force_measure: bool = False, seed: int | None = None
+) -> dict[str, dict]:
     recipe = LabRecipe.load(recipe_path)
+    if seed is not None:
+        recipe = recipe.model_copy(update={"seed": seed})
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
+    restored = lab_cache.restore(recipe.model_dump(), out)
+    if restored:
+        print(f"copied {', '.join(restored)} from {lab_cache.cache_dir(recipe.model_dump())}")
     problems = generate_problems("train", recipe.train_problems, seed=recipe.seed)
     test = generate_problems("test", recipe.measure.test_problems, seed=recipe.seed)
     rng = random.Random(recipe.seed)
@@ -297,6 +305,7 @@ def build(out: Path, recipe_path: Path = DEFAULT_RECIPE, force_measure: bool = F
         if "evaluation" not in card or force_measure:
             card = update_card(model_dir, evaluation=measure(model_dir, test, recipe, sample))
         results[model_dir.name] = card["evaluation"]
+    lab_cache.store(recipe.model_dump(), out)
     print(f"lab build finished in {time.time() - started:.0f} s")
     print(json.dumps(results, indent=2))
     return results

@@ -1,0 +1,70 @@
+"""Model selection for RL on a validation split (never the test split).
+
+During a run the policy is scored greedily on a fixed set of validation problems every few iterations (and at
+the start, so the rule has something to compare with). The checkpoint kept is chosen by one stated rule:
+
+    among the scored checkpoints whose validation accuracy is within `tolerance` of the start's,
+    the one with the fewest mean reasoning tokens (ties: the more accurate, then the earlier).
+
+The start is always eligible, so a run that never shortens without losing accuracy selects iteration 0 — the
+model it started from — and says so, rather than publishing a worse model.
+
+This is how k1.5 and RL practice pick a checkpoint: the last iteration is not necessarily the best, and an
+RL run that drifts late still yields the model it had before it drifted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from l2s.lab.task import Problem, generate_problems, is_correct
+
+VALIDATION_SEED = 0  # the same validation problems for every run and seed, so their scores compare
+
+
+@dataclass(frozen=True)
+class Score:
+    iteration: int  # 0 = the model the run started from
+    accuracy: float
+    reasoning_tokens: float  # mean over the validation problems, greedy
+    accuracy_by_level: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def validation_problems(count: int) -> list[Problem]:
+    return generate_problems("validation", count, seed=VALIDATION_SEED)
+
+
+def score_policy(engine, problems: list[Problem], iteration: int, max_tokens: int) -> Score:
+    """Greedy accuracy and mean reasoning tokens of the engine's current weights on `problems`."""
+    from l2s.generation import generate
+
+    outputs = generate(engine, [p.question for p in problems], max_tokens=max_tokens, progress=False)
+    samples = [group[0] for group in outputs]
+    correct = [
+        sample.finish_reason == "stop" and is_correct(sample.answer_text, problem)
+        for sample, problem in zip(samples, problems)
+    ]
+    levels = sorted({p.level for p in problems})
+    by_level = {
+        str(level): sum(c for c, p in zip(correct, problems) if p.level == level)
+        / sum(1 for p in problems if p.level == level)
+        for level in levels
+    }
+    return Score(
+        iteration=iteration,
+        accuracy=sum(correct) / len(problems),
+        reasoning_tokens=sum(s.reasoning_tokens for s in samples) / len(problems),
+        accuracy_by_level=by_level,
+    )
+
+
+def select(scores: list[Score], tolerance: float) -> Score:
+    """The rule in the module docstring. `scores[0]` must be the start's (iteration 0)."""
+    if not scores or scores[0].iteration != 0:
+        raise ValueError("selection needs the start's score first")
+    floor = scores[0].accuracy - tolerance - 1e-9
+    eligible = [s for s in scores if s.accuracy >= floor]
+    return min(eligible, key=lambda s: (s.reasoning_tokens, -s.accuracy, s.iteration))
