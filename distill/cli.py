@@ -111,7 +111,11 @@ def _add_rl(methods) -> None:
         "--validation-problems", type=int, default=None, help="validation problems scored greedily (0: no selection)"
     )
     rl.add_argument("--validate-every", type=int, default=None, help="score the policy every N iterations")
-    rl.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    rl.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last complete checkpoint (also: extend a run to more --iterations, curriculum off)",
+    )
     rl.add_argument(
         "--stop-after",
         type=int,
