@@ -218,12 +218,14 @@ def train_iteration(
     pad = tokenizer.pad_token_id
     eos = [tokenizer.eos_token_id]
     batch = []  # (prompt, completion, reward, baseline) per sample
+    engine_logprobs = []  # the engine's log π_θi of each sample, in batch order
     for group in groups:
         rewards = total_rewards([r["length"] for r in group], [r["correct"] for r in group], length_weight)
         group_baseline = baseline(rewards, recipe.tau, exact=recipe.baseline == "logmeanexp")
         for rollout, reward in zip(group, rewards):
             completion = rollout["completion"] + (eos if rollout["finished"] else [])
             batch.append((rollout["prompt"], completion, reward, group_baseline))
+            engine_logprobs.append(rollout["engine_logprob"])
     # log π_θi of every sample, before any update (θ = θi now)
     with torch.no_grad():
         reference = torch.cat(
@@ -257,9 +259,7 @@ def train_iteration(
     model.eval()
     # Samples must come from π_θi for the surrogate to be on-policy: the engine's log-probabilities of what it
     # sampled against the trainer's, per sequence (float rounding only, when the engine holds θi exactly).
-    engine_gaps = [
-        abs(reference[i].item() - rollout["engine_logprob"]) for i, rollout in enumerate(rollouts_of(groups))
-    ]
+    engine_gaps = [abs(ours - theirs) for ours, theirs in zip(reference.tolist(), engine_logprobs)]
     return {
         "loss": sum(losses) / len(losses),
         "engine_logprob_gap": sum(engine_gaps) / len(engine_gaps),
@@ -417,22 +417,21 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
                 record[0] += sum(r["correct"] for r in group)
                 record[1] += len(group)
             samples = rollouts_of(groups)
-            state.history.append(
-                {
-                    "iteration": state.iteration + 1,
-                    "problems": len(groups),
-                    "length_weight": length_weight,
-                    "accuracy": sum(r["correct"] for r in samples) / max(1, len(samples)),
-                    "mean_length": sum(r["length"] for r in samples) / max(1, len(samples)),
-                    # how much the k samples of a problem differ in length: the length reward's signal
-                    "mean_length_spread": sum(max(r["length"] for r in g) - min(r["length"] for r in g) for g in groups)
-                    / max(1, len(groups)),
-                    "pending_rollouts": len(state.pending),
-                    **trained,
-                    "sampling_seconds": round(sampled - started, 2),
-                    "training_seconds": round(time.time() - sampled, 2),
-                }
-            )
+            metrics = {
+                "iteration": state.iteration + 1,
+                "problems": len(groups),
+                "length_weight": length_weight,
+                "accuracy": sum(r["correct"] for r in samples) / max(1, len(samples)),
+                "mean_length": sum(r["length"] for r in samples) / max(1, len(samples)),
+                # how much the k samples of a problem differ in length: the length reward's signal
+                "mean_length_spread": sum(max(r["length"] for r in g) - min(r["length"] for r in g) for g in groups)
+                / max(1, len(groups)),
+                "pending_rollouts": len(state.pending),
+                **trained,
+                "sampling_seconds": round(sampled - started, 2),
+                "training_seconds": round(time.time() - sampled, 2),
+            }
+            state.history.append(metrics)
             state.iteration += 1
             checkpoint = save_checkpoint(run_dir, model, tokenizer, state, rng, chosen_iteration(state, recipe))
             stopping = stop_after is not None and stop_after <= state.iteration < recipe.iterations
@@ -441,8 +440,7 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
                 validate_if_due()
             write_logs(run_dir, state, chosen_iteration(state, recipe))
             progress.update(1)
-            last = state.history[-1]
-            progress.set_postfix(acc=f"{last['accuracy']:.2f}", len=f"{last['mean_length']:.0f}")
+            progress.set_postfix(acc=f"{metrics['accuracy']:.2f}", len=f"{metrics['mean_length']:.0f}")
             if stopping:
                 print(f"stopped after iteration {state.iteration} (--stop-after): resume with --resume")
                 return None

@@ -56,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model_dir}: finished earlier, reused")
             continue
         began = time.time()
-        command = ["l2s", "distill", args.method, "--recipe", args.recipe, "--seed", str(seed)]
+        command = ["distill", args.method, "--recipe", args.recipe, "--seed", str(seed)]
         command += ["--model", str(start), "--out", str(model_dir)]
-        print("+", " ".join(command), flush=True)
-        subprocess.run([sys.executable, "-m", "l2s.cli", *command[1:]], check=True)
+        print("+ l2s", " ".join(command), flush=True)
+        subprocess.run([sys.executable, "-m", "l2s.cli", *command], check=True)
         wall[seed] = round(time.time() - began, 1)
 
     models = [start] + [Path(args.models_dir) / f"{name}-s{seed}" for seed in seeds]
