@@ -25,18 +25,6 @@ def _common(parser: argparse.ArgumentParser, recipe_name: str) -> None:
         action="store_true",
         help="add the result to configs/registered_variants.yaml, so `l2s serve` hosts it",
     )
-    parser.add_argument("--seed", type=int, default=None)
-
-
-def _sampling(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="the long-CoT model directory to start from")
-    parser.add_argument("--k", type=int, default=None, help="samples per problem (default 8)")
-    parser.add_argument("--num-problems", type=int, default=None, help="training problems to sample on")
-    parser.add_argument("--max-tokens", type=int, default=None, help="sampling cap per response")
-    parser.add_argument("--epochs", type=float, default=None)
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--learning-rate", type=float, default=None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,17 +47,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     weights.add_argument("--weight", type=float, default=None, help="weight of the long model (default 0.5)")
     weights.add_argument("--sweep", default=None, help="comma-separated weights: one model per weight")
     merge.add_argument("--base", default=None, help="shared ancestor for ties/dare_ties/task_arithmetic")
+    merge.add_argument("--seed", type=int, default=None)
     merge.add_argument("--eval", action="store_true", help="evaluate the merged model(s) on the lab (offline)")
     merge.add_argument("--eval-problems", type=int, default=200, help="problems for --eval (default: %(default)s)")
     _common(merge, "merge")
     merge.set_defaults(method_handler=_merge)
+
+    from distill.dpo import DPORecipe
+    from distill.recipe import add_recipe_flags
+    from distill.shortest import ShortestRecipe
 
     shortest = methods.add_parser(
         "shortest",
         help="shortest rejection sampling + SFT (TRL)",
         description="Fine-tune the long model on its own shortest correct samples.",
     )
-    _sampling(shortest)
+    add_recipe_flags(shortest, ShortestRecipe)
     _common(shortest, "shortest")
     shortest.set_defaults(method_handler=_shortest)
 
@@ -79,38 +72,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="DPO with chosen = shortest correct, rejected = wrong and longer or "
         "correct and >= 1.5x longer; the long model is the reference.",
     )
-    _sampling(dpo)
-    dpo.add_argument("--beta", type=float, default=None)
+    add_recipe_flags(dpo, DPORecipe)
     _common(dpo, "dpo")
     dpo.set_defaults(method_handler=_dpo)
     _add_rl(methods)
 
 
 def _add_rl(methods) -> None:
+    from distill.recipe import add_recipe_flags
+    from distill.rl import RLRecipe
+
     rl = methods.add_parser(
         "rl",
         help="k1.5 online mirror-descent RL with the length penalty",
         description="Iterations of: sample k responses per problem from the current policy "
-        "(vLLM), reward correctness + w * length reward, minimise the OPMD surrogate with a "
-        "fresh optimiser, push the weights into the engine. Checkpoints every iteration.",
+        "(vLLM), reward correctness + w * length reward, minimise the OPMD surrogate, "
+        "push the weights into the engine. Checkpoints every iteration; the kept checkpoint is chosen on "
+        "validation problems. Every recipe field is a flag.",
     )
-    rl.add_argument("--model", default=None, help="the long-CoT model directory to start from")
-    rl.add_argument("--iterations", type=int, default=None)
-    rl.add_argument("--problems-per-iteration", type=int, default=None)
-    rl.add_argument("--k", type=int, default=None)
-    rl.add_argument("--tau", type=float, default=None, help="KL regulariser")
-    rl.add_argument("--length-weight", type=float, default=None, help="weight w of the length reward")
-    rl.add_argument("--length-warmup-iterations", type=int, default=None)
-    rl.add_argument("--max-tokens", type=int, default=None, help="maximum rollout length")
-    rl.add_argument("--no-curriculum", action="store_const", const=False, dest="curriculum", default=None)
-    rl.add_argument("--no-prioritized", action="store_const", const=False, dest="prioritized", default=None)
-    rl.add_argument("--partial-rollouts", action="store_const", const=True, default=None)
-    rl.add_argument("--learning-rate", type=float, default=None)
-    rl.add_argument("--epochs-per-iteration", type=int, default=None)
-    rl.add_argument(
-        "--validation-problems", type=int, default=None, help="validation problems scored greedily (0: no selection)"
-    )
-    rl.add_argument("--validate-every", type=int, default=None, help="score the policy every N iterations")
+    add_recipe_flags(rl, RLRecipe)
     rl.add_argument(
         "--resume",
         action="store_true",
@@ -127,29 +107,10 @@ def _add_rl(methods) -> None:
 
 
 def _rl(args: argparse.Namespace) -> int:
+    from distill.recipe import recipe_overrides
     from distill.rl import RLRecipe, run
 
-    recipe = RLRecipe.load(
-        args.recipe,
-        {
-            "model": args.model,
-            "iterations": args.iterations,
-            "problems_per_iteration": args.problems_per_iteration,
-            "k": args.k,
-            "tau": args.tau,
-            "length_weight": args.length_weight,
-            "length_warmup_iterations": args.length_warmup_iterations,
-            "max_tokens": args.max_tokens,
-            "curriculum": args.curriculum,
-            "prioritized": args.prioritized,
-            "partial_rollouts": args.partial_rollouts,
-            "learning_rate": args.learning_rate,
-            "epochs_per_iteration": args.epochs_per_iteration,
-            "validation_problems": args.validation_problems,
-            "validate_every": args.validate_every,
-            "seed": args.seed,
-        },
-    )
+    recipe = RLRecipe.load(args.recipe, recipe_overrides(args, RLRecipe))
     output = run(recipe, Path(args.out), resume=args.resume, stop_after=args.stop_after)
     if args.register and output is not None:
         register([output])
@@ -183,25 +144,16 @@ def _merge(args: argparse.Namespace) -> int:
     out = Path(args.out)
     outputs = run(recipe, out)
     if args.eval:
-        from eval.cli import evaluate
+        from eval.cli import EvalOptions, evaluate
 
         evaluate(
-            argparse.Namespace(
+            EvalOptions(
                 models=[recipe.long, *map(str, outputs), recipe.short],
-                base_url=None,
                 offline=True,
-                task="lab",
-                budgets="none",
-                efforts="",
-                samples=1,
-                temperature=None,
                 num_problems=args.eval_problems,
                 max_tokens=768,
                 reference=Path(recipe.long).name,
                 concurrency=1,
-                api_key="unused",
-                seed=0,
-                calibrate=False,
                 out=str(out.parent / f"{out.name}-eval"),
             )
         )
@@ -210,25 +162,14 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trained(args: argparse.Namespace, module: str, recipe_class: str, extra: dict) -> int:
+def _trained(args: argparse.Namespace, module: str, recipe_class: str) -> int:
     import importlib
 
+    from distill.recipe import recipe_overrides
+
     method = importlib.import_module(f"distill.{module}")
-    recipe = getattr(method, recipe_class).load(
-        args.recipe,
-        {
-            "model": args.model,
-            "k": args.k,
-            "num_problems": args.num_problems,
-            "max_tokens": args.max_tokens,
-            "epochs": args.epochs,
-            "max_steps": args.max_steps,
-            "batch_size": args.batch_size,
-            "learning_rate": args.learning_rate,
-            "seed": args.seed,
-            **extra,
-        },
-    )
+    recipe_type = getattr(method, recipe_class)
+    recipe = recipe_type.load(args.recipe, recipe_overrides(args, recipe_type))
     output = method.run(recipe, Path(args.out))
     if args.register:
         register([output])
@@ -236,17 +177,18 @@ def _trained(args: argparse.Namespace, module: str, recipe_class: str, extra: di
 
 
 def _shortest(args: argparse.Namespace) -> int:
-    return _trained(args, "shortest", "ShortestRecipe", {})
+    return _trained(args, "shortest", "ShortestRecipe")
 
 
 def _dpo(args: argparse.Namespace) -> int:
-    return _trained(args, "dpo", "DPORecipe", {"beta": args.beta})
+    return _trained(args, "dpo", "DPORecipe")
 
 
 def run(args: argparse.Namespace) -> int:
     from distill.recipe import RecipeError
+    from l2s.models import ModelNotFound
 
     try:
         return args.method_handler(args)
-    except RecipeError as error:
+    except (RecipeError, ModelNotFound) as error:
         raise SystemExit(str(error)) from None

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from pydantic import Field
 
-from distill.recipe import Recipe
 from distill.sampling import sampling_summary
 from distill.selection import dpo_pairs
 from distill.training import (
+    TrainedRecipe,
     common_training_arguments,
+    longest_prompt,
     sample_training_problems,
     save_model,
     train_resumably,
@@ -23,22 +24,10 @@ from distill.training import (
 )
 
 
-class DPORecipe(Recipe):
-    model: str
-    k: int = Field(8, ge=2)
-    num_problems: int = Field(2000, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    max_tokens: int = Field(768, ge=1)
+class DPORecipe(TrainedRecipe):
     long_ratio: float = Field(1.5, ge=1, description="a correct sample this many times as long as chosen is rejected")
-    max_pairs_per_problem: int = Field(2, ge=1)
-    beta: float = Field(0.1, gt=0)
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(1e-4, gt=0)
-    warmup_steps: int = Field(10, ge=0)
-    save_steps: int = Field(100, ge=1)
-    seed: int = 0
+    max_pairs_per_problem: int = Field(2, ge=1, description="preference pairs kept per problem")
+    beta: float = Field(0.1, gt=0, description="DPO β")
 
 
 def run(recipe: DPORecipe, out: Path) -> Path:
@@ -46,13 +35,14 @@ def run(recipe: DPORecipe, out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
+    model_path = recipe.model_path
     problems, groups = sample_training_problems(recipe)
     pairs, longest = [], 0
     for problem in problems:
         for chosen, rejected in dpo_pairs(groups[problem.id], recipe.long_ratio, recipe.max_pairs_per_problem):
             pairs.append(
                 {
-                    "prompt": [{"role": "user", "content": problem.question}],
+                    "prompt": recipe.prompt.messages(problem.question),
                     "chosen": [{"role": "assistant", "content": chosen.completion}],
                     "rejected": [{"role": "assistant", "content": rejected.completion}],
                 }
@@ -61,11 +51,12 @@ def run(recipe: DPORecipe, out: Path) -> Path:
     if not pairs:
         raise SystemExit("no preference pairs: no problem had a correct sample with a longer alternative")
     print(f"{len(pairs)} pairs from {len(problems)} problems; longest response {longest} tokens")
-    tokenizer = AutoTokenizer.from_pretrained(recipe.model)
-    model = AutoModelForCausalLM.from_pretrained(recipe.model)
-    reference = AutoModelForCausalLM.from_pretrained(recipe.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    reference = AutoModelForCausalLM.from_pretrained(model_path)
     work_dir = work_dir_for(out, recipe, pairs)
-    arguments = DPOConfig(**common_training_arguments(recipe, work_dir, longest + 64), beta=recipe.beta)
+    max_length = max(longest_prompt(tokenizer, [p["prompt"] for p in pairs]) + 16, 64) + longest
+    arguments = DPOConfig(**common_training_arguments(recipe, work_dir, max_length), beta=recipe.beta)
     trainer = DPOTrainer(
         model=model,
         ref_model=reference,

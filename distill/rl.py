@@ -40,37 +40,50 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from distill.recipe import Recipe
+from distill.recipe import TaskRecipe
 from distill.rewards import baseline, total_rewards
-from distill.validation import Score, score_policy, select, validation_problems
+from distill.validation import Score, score_policy, select, validation_split
 from l2s.atomic import write_text_atomic
 from l2s.cards import atomic_model_dir, new_card, write_card
-from l2s.lab.task import Problem, generate_problems, is_correct
 from l2s.reasoning import split_text
+from l2s.tasks import TaskProblem
 
 WORK_DIR = Path("runs") / "rl"
+OPTIMIZER_FILE = "optimizer.pt"
 
 
-class RLRecipe(Recipe):
-    model: str
-    iterations: int = Field(10, ge=1)
-    problems_per_iteration: int = Field(64, ge=1)
-    k: int = Field(8, ge=2)
+class RLRecipe(TaskRecipe):
+    model: str = Field(description="the long-CoT model to start from (a model directory)")
+    iterations: int = Field(10, ge=1, description="RL iterations (sample, then train)")
+    problems_per_iteration: int = Field(64, ge=1, description="problems sampled per iteration")
+    k: int = Field(8, ge=2, description="samples per problem")
     tau: float = Field(0.5, gt=0, description="KL regulariser τ")
     length_weight: float = Field(1.0, ge=0, description="w, the weight of the length reward")
     length_warmup_iterations: int = Field(2, ge=0, description="iterations without the length reward")
     max_tokens: int = Field(512, ge=1, description="maximum rollout length (lower it for long2short)")
-    baseline: Literal["mean", "logmeanexp"] = "mean"
-    learning_rate: float = Field(2e-4, gt=0)
-    epochs_per_iteration: int = Field(2, ge=1)
-    minibatch_problems: int = Field(8, ge=1)
-    curriculum: bool = True
-    prioritized: bool = True
+    baseline: Literal["mean", "logmeanexp"] = Field("mean", description="τ·log Z estimate: mean reward or exact")
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate")
+    keep_optimizer_state: bool = Field(
+        False, description="carry AdamW's moments across iterations (saved with each checkpoint) instead of a fresh one"
+    )
+    epochs_per_iteration: int = Field(2, ge=1, description="passes over each iteration's samples")
+    minibatch_problems: int = Field(8, ge=1, description="problems (times k samples) per optimiser step")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="samples per forward pass, gradients accumulated over a minibatch (default: all)"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (memory)")
+    curriculum: bool = Field(True, description="open difficulty levels from easy to hard over the first half")
+    prioritized: bool = Field(True, description="draw problems by 1 - running success rate")
     pool_size: int = Field(4000, ge=1, description="training problems to draw from")
-    partial_rollouts: bool = False
+    partial_rollouts: bool = Field(False, description="continue long responses over iterations")
     rollout_tokens: int = Field(128, ge=1, description="with partial rollouts: tokens per response per iteration")
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
     validation_problems: int = Field(256, ge=0, description="validation problems scored greedily (0: none)")
+    validation_task: str | None = Field(
+        None,
+        description="where they come from (its validation split); default: the lab's validation split for the lab, "
+        "else a hashed hold-out of the task that is never trained on",
+    )
     validate_every: int = Field(2, ge=1, description="score the policy every this many iterations (and the last)")
     selection_tolerance: float = Field(
         0.01, ge=0, le=1, description="keep the shortest checkpoint within this much validation accuracy of the start"
@@ -101,7 +114,11 @@ def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[in
         input_ids[row, : len(sequence)] = torch.tensor(sequence)
         attention[row, : len(sequence)] = 1
         mask[row, len(prompt) : len(sequence)] = True
-    logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+    device = next(model.parameters()).device
+    input_ids, attention, mask = input_ids.to(device), attention.to(device), mask.to(device)
+    # on a GPU the forward runs in bf16 (float32 master weights and optimizer); on the CPU all in float32
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
     targets = input_ids[:, 1:]
     token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return (token_logprobs * mask[:, 1:]).sum(dim=1)
@@ -121,7 +138,9 @@ class RunState:
     validation: list[dict] = field(default_factory=list)  # distill.validation.Score of each scored iteration
 
 
-def choose_problems(pool: list[Problem], recipe: RLRecipe, state: RunState, rng: random.Random) -> list[Problem]:
+def choose_problems(
+    pool: list[TaskProblem], recipe: RLRecipe, state: RunState, rng: random.Random
+) -> list[TaskProblem]:
     """Curriculum: levels open up from easy to hard over the first half of the run, so the second half trains
     on all of them (a policy shortened on the easiest level alone learns to stop after its one step, which
     then costs accuracy on longer sums). Prioritised: draw without replacement with probability
@@ -153,19 +172,21 @@ def choose_problems(pool: list[Problem], recipe: RLRecipe, state: RunState, rng:
 # --- sampling from π_θi ----------------------------------------------------------------------------------------
 
 
-def rollouts(engine, tokenizer, problems: list[Problem], recipe: RLRecipe, state: RunState, seed: int) -> list[dict]:
+def rollouts(
+    engine, tokenizer, problems: list[TaskProblem], recipe: RLRecipe, state: RunState, seed: int
+) -> list[dict]:
     """Sample (or continue) responses; return the complete groups of k, keep unfinished ones in `state`."""
-    from l2s.generation import chat_prompt_ids, generate_from_ids
+    from l2s.generation import chat_prompt_ids, check_template_keeps, generate_from_ids
 
-    by_id = {p.id: p for p in problems}
+    if problems:
+        check_template_keeps(tokenizer, recipe.prompt.messages(problems[0].question))
+
     fresh = [
         {
             "problem_id": p.id,
-            "question": p.question,
-            "answer": p.answer,
-            "level": p.level,
+            "problem": p.to_dict(),  # a partial rollout is verified iterations later, from the checkpoint's state
             "sample": j,
-            "prompt": chat_prompt_ids(tokenizer, p.question),
+            "prompt": chat_prompt_ids(tokenizer, recipe.prompt.messages(p.question)),
             "completion": [],
             "engine_logprob": 0.0,  # log π_θi(completion) as the engine sampled it
         }
@@ -194,14 +215,12 @@ def rollouts(engine, tokenizer, problems: list[Problem], recipe: RLRecipe, state
     for rollout in work:
         groups.setdefault(rollout["problem_id"], []).append(rollout)
     complete = []
-    for problem_id, group in groups.items():
+    for group in groups.values():
         if all(r["done"] for r in group) and len(group) == recipe.k:
             for r in group:
                 text = tokenizer.decode(r["completion"], skip_special_tokens=True)
-                problem = by_id.get(problem_id) or Problem(
-                    id=problem_id, level=r["level"], terms=(), answer=r["answer"]
-                )
-                r["correct"] = r["finished"] and is_correct(split_text(text).answer, problem)
+                problem = TaskProblem.from_dict(r["problem"])
+                r["correct"] = r["finished"] and problem.is_correct(split_text(text).answer)
                 r["length"] = len(r["completion"])
             complete.append(sorted(group, key=lambda r: r["sample"]))
         else:
@@ -212,8 +231,18 @@ def rollouts(engine, tokenizer, problems: list[Problem], recipe: RLRecipe, state
 # --- one iteration of training ---------------------------------------------------------------------------------
 
 
+def new_optimizer(model, recipe: RLRecipe) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.0)
+
+
 def train_iteration(
-    model, tokenizer, groups: list[list[dict]], recipe: RLRecipe, length_weight: float, rng: random.Random
+    model,
+    tokenizer,
+    groups: list[list[dict]],
+    recipe: RLRecipe,
+    length_weight: float,
+    rng: random.Random,
+    optimizer: torch.optim.Optimizer,
 ) -> dict:
     pad = tokenizer.pad_token_id
     eos = [tokenizer.eos_token_id]
@@ -231,10 +260,9 @@ def train_iteration(
         reference = torch.cat(
             [
                 sequence_logprobs(model, [b[0] for b in chunk], [b[1] for b in chunk], pad)
-                for chunk in _chunks(batch, 64)
+                for chunk in _chunks(batch, recipe.micro_batch_size or 64)
             ]
         )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.0)  # reset each iteration
     per_step = recipe.minibatch_problems * recipe.k
     losses, log_ratios = [], []
     model.train()
@@ -242,20 +270,26 @@ def train_iteration(
         order = list(range(len(batch)))
         rng.shuffle(order)
         for chunk in _chunks(order, per_step):
-            items = [batch[i] for i in chunk]
-            logprobs = sequence_logprobs(model, [b[0] for b in items], [b[1] for b in items], pad)
-            loss = opmd_loss(
-                logprobs,
-                reference[chunk],
-                torch.tensor([b[2] for b in items]),
-                torch.tensor([b[3] for b in items]),
-                recipe.tau,
-            )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_value = 0.0
+            # the minibatch's mean loss, as a sum over micro-batches each weighted by its share
+            for micro in _chunks(chunk, recipe.micro_batch_size or len(chunk)):
+                items = [batch[i] for i in micro]
+                logprobs = sequence_logprobs(model, [b[0] for b in items], [b[1] for b in items], pad)
+                loss = opmd_loss(
+                    logprobs,
+                    reference[micro],
+                    torch.tensor([b[2] for b in items], device=reference.device),
+                    torch.tensor([b[3] for b in items], device=reference.device),
+                    recipe.tau,
+                )
+                if len(micro) != len(chunk):
+                    loss = loss * (len(micro) / len(chunk))
+                loss.backward()
+                loss_value += loss.item()
+                log_ratios.extend((logprobs.detach() - reference[micro]).tolist())
             optimizer.step()
-            losses.append(loss.item())
-            log_ratios.extend((logprobs.detach() - reference[chunk]).tolist())
+            losses.append(loss_value)
     model.eval()
     # Samples must come from π_θi for the surrogate to be on-policy: the engine's log-probabilities of what it
     # sampled against the trainer's, per sequence (float rounding only, when the engine holds θi exactly).
@@ -292,11 +326,15 @@ def refresh_engine(engine, checkpoint: Path):
     return engine
 
 
-def save_checkpoint(run_dir: Path, model, tokenizer, state: RunState, rng: random.Random, chosen: int) -> Path:
+def save_checkpoint(
+    run_dir: Path, model, tokenizer, state: RunState, rng: random.Random, chosen: int, optimizer=None
+) -> Path:
     final = checkpoint_dir(run_dir, state.iteration)
     with atomic_model_dir(final) as temporary:
         model.save_pretrained(temporary)
         tokenizer.save_pretrained(temporary)
+        if optimizer is not None:  # a resumed run must continue with the same moments to stay bit for bit
+            torch.save(optimizer.state_dict(), temporary / OPTIMIZER_FILE)
         write_state(temporary, state, rng)
     keep = {checkpoint_dir(run_dir, n).name for n in (state.iteration, state.iteration - 1, chosen)}
     for older in run_dir.glob("iter-*"):  # the last two (to resume) and the selected one (the output)
@@ -348,7 +386,7 @@ def _restore_rng(raw) -> random.Random:
 def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | None = None) -> Path | None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from l2s.generation import EngineSettings, close_engine, open_engine
+    from l2s.generation import close_engine, open_engine
 
     run_dir = WORK_DIR / out.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -368,10 +406,15 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
             shutil.rmtree(old)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         (run_dir / "validation.jsonl").unlink(missing_ok=True)
-    source = start_from or Path(recipe.model)
+    source = start_from or recipe.model_path
     torch.manual_seed(recipe.seed)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    if recipe.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
     if start_from:
         raw = json.loads((start_from / "state.json").read_text())
         rng = _restore_rng(raw.pop("rng"))
@@ -379,8 +422,13 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
         print(f"resuming after iteration {state.iteration} from {start_from}")
     else:
         rng, state = random.Random(recipe.seed), RunState()
-    pool = generate_problems("train", recipe.pool_size, seed=recipe.seed + 202)
-    held_out = validation_problems(recipe.validation_problems) if recipe.validation_problems else []
+    optimizer = new_optimizer(model, recipe)
+    if start_from and recipe.keep_optimizer_state:
+        optimizer.load_state_dict(torch.load(start_from / OPTIMIZER_FILE))
+    try:
+        pool, held_out = validation_split(recipe)
+    except ValueError as error:
+        raise SystemExit(f"task: {error}") from None
 
     def validate_if_due() -> None:
         """Score the engine's weights (= the policy after `state.iteration` iterations) if the schedule asks and
@@ -388,7 +436,7 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
         due = state.iteration % recipe.validate_every == 0 or state.iteration == recipe.iterations
         if not held_out or not due or any(v["iteration"] == state.iteration for v in state.validation):
             return
-        score = score_policy(engine, held_out, state.iteration, recipe.max_tokens)
+        score = score_policy(engine, held_out, state.iteration, recipe.max_tokens, recipe.prompt)
         state.validation.append(score.to_dict())
         if state.iteration:
             write_state(checkpoint_dir(run_dir, state.iteration), state, rng)
@@ -397,7 +445,10 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
             f"reasoning tokens {score.reasoning_tokens:.1f} (kept so far: iteration {chosen_iteration(state, recipe)})"
         )
 
-    engine_settings = EngineSettings(max_model_len=max(1024, recipe.max_tokens + 128), seed=recipe.seed)
+    engine_settings = recipe.engine.model_copy(update={"seed": recipe.seed})
+    if "gpu_memory_utilization" not in recipe.engine.model_fields_set:
+        # the engine shares the GPU with the trainer (weights, gradients, AdamW moments, activations)
+        engine_settings = engine_settings.model_copy(update={"gpu_memory_utilization": 0.4})
     engine = open_engine(source, engine_settings)
     progress = tqdm(total=recipe.iterations, initial=state.iteration, desc="rl", unit="iter", dynamic_ncols=True)
     try:
@@ -411,7 +462,9 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
             )
             sampled = time.time()
             length_weight = recipe.length_weight if state.iteration >= recipe.length_warmup_iterations else 0.0
-            trained = train_iteration(model, tokenizer, groups, recipe, length_weight, rng) if groups else {}
+            if not recipe.keep_optimizer_state:  # each iteration a new mirror-descent step from scratch
+                optimizer = new_optimizer(model, recipe)
+            trained = train_iteration(model, tokenizer, groups, recipe, length_weight, rng, optimizer) if groups else {}
             for group in groups:
                 record = state.success.setdefault(group[0]["problem_id"], [0.0, 0.0])
                 record[0] += sum(r["correct"] for r in group)
@@ -433,7 +486,15 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
             }
             state.history.append(metrics)
             state.iteration += 1
-            checkpoint = save_checkpoint(run_dir, model, tokenizer, state, rng, chosen_iteration(state, recipe))
+            checkpoint = save_checkpoint(
+                run_dir,
+                model,
+                tokenizer,
+                state,
+                rng,
+                chosen_iteration(state, recipe),
+                optimizer if recipe.keep_optimizer_state else None,
+            )
             stopping = stop_after is not None and stop_after <= state.iteration < recipe.iterations
             if not stopping:
                 engine = refresh_engine(engine, checkpoint)
@@ -466,7 +527,7 @@ def publish(recipe: RLRecipe, out: Path, run_dir: Path, state: RunState, chosen:
     """Write the selected checkpoint (iteration 0: the start model itself) as the finished model directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = checkpoint_dir(run_dir, chosen) if chosen else Path(recipe.model)
+    source = checkpoint_dir(run_dir, chosen) if chosen else recipe.model_path
     if chosen == 0:
         print("warning: no checkpoint kept the start's validation accuracy with fewer tokens; the output is the start")
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from l2s.cards import read_card, stable_hash
-from l2s.lab.task import Problem, is_correct
+from l2s.generation import EngineSettings
+from l2s.tasks import PromptPolicy, TaskProblem
 
 CACHE_DIR = Path("runs") / "samples"
 
@@ -45,7 +46,12 @@ class Sample:
 
 
 def cache_path(
-    model_dir: str | Path, problems: list[Problem], settings: SampleSettings, cache_dir: Path = CACHE_DIR
+    model_dir: str | Path,
+    problems: list[TaskProblem],
+    settings: SampleSettings,
+    cache_dir: Path = CACHE_DIR,
+    prompt: PromptPolicy = PromptPolicy(),
+    engine_settings: EngineSettings = EngineSettings(),
 ) -> Path:
     card = read_card(model_dir) or {}
     identity = {
@@ -54,6 +60,9 @@ def cache_path(
         "created": card.get("created"),
         "problems": [p.id for p in problems],
         **asdict(settings),
+        # only what is set, so caches from before these settings still hold
+        **{key: value for key, value in prompt.model_dump().items() if value},
+        **{f"engine_{k}": v for k, v in engine_settings.model_dump(exclude_defaults=True).items() if k != "seed"},
     }
     return cache_dir / f"{Path(model_dir).name}-{stable_hash(identity)}.jsonl"
 
@@ -72,31 +81,33 @@ def _load(path: Path) -> dict[str, list[Sample]]:
 
 def draw_samples(
     model_dir: str | Path,
-    problems: list[Problem],
+    problems: list[TaskProblem],
     settings: SampleSettings,
     cache_dir: Path = CACHE_DIR,
     engine=None,
     batch_size: int = 256,
+    prompt: PromptPolicy = PromptPolicy(),
+    engine_settings: EngineSettings = EngineSettings(),
 ) -> dict[str, list[Sample]]:
     """k verified samples per problem, by problem id; cached, and resumed from the cache after an interruption.
 
     Pass an open `engine` to reuse it (RL samples from the same engine every iteration)."""
     from l2s.generation import close_engine, generate, open_engine
 
-    path = cache_path(model_dir, problems, settings, cache_dir)
+    path = cache_path(model_dir, problems, settings, cache_dir, prompt, engine_settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     groups = {pid: samples for pid, samples in _load(path).items() if len(samples) == settings.k}
     todo = [p for p in problems if p.id not in groups]
     if todo:
         own_engine = engine is None
-        engine = engine or open_engine(model_dir)
+        engine = engine or open_engine(model_dir, engine_settings)
         try:
             with path.open("a") as out:
                 for start in range(0, len(todo), batch_size):
                     batch = todo[start : start + batch_size]
                     outputs = generate(
                         engine,
-                        [p.question for p in batch],
+                        [prompt.messages(p.question) for p in batch],
                         num_samples=settings.k,
                         temperature=settings.temperature,
                         max_tokens=settings.max_tokens,
@@ -112,7 +123,7 @@ def draw_samples(
                                 token_ids=s.token_ids,
                                 reasoning_tokens=s.reasoning_tokens,
                                 answer_tokens=s.answer_tokens,
-                                correct=s.closed and is_correct(s.answer_text, problem),
+                                correct=s.closed and problem.is_correct(s.answer_text),
                                 finished=s.finish_reason == "stop",
                             )
                             for index, s in enumerate(group)

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from pydantic import Field
 
-from distill.recipe import Recipe
 from distill.sampling import sampling_summary
 from distill.selection import shortest_correct
 from distill.training import (
+    TrainedRecipe,
     common_training_arguments,
+    longest_prompt,
     sample_training_problems,
     save_model,
     train_resumably,
@@ -22,27 +23,15 @@ from distill.training import (
 )
 
 
-class ShortestRecipe(Recipe):
-    model: str
-    k: int = Field(8, ge=1)
-    num_problems: int = Field(2000, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    max_tokens: int = Field(768, ge=1)
-    epochs: float = Field(2.0, gt=0)
-    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (overrides epochs)")
-    batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(3e-4, gt=0)
-    warmup_steps: int = Field(10, ge=0)
-    save_steps: int = Field(100, ge=1)
-    seed: int = 0
+class ShortestRecipe(TrainedRecipe):
+    k: int = Field(8, ge=1, description="samples per problem")
+    epochs: float = Field(2.0, gt=0, description="training epochs")
+    learning_rate: float = Field(3e-4, gt=0, description="peak learning rate (cosine schedule)")
 
 
-def chat_example(question: str, completion: str) -> dict:
+def chat_example(messages: list[dict], completion: str) -> dict:
     """A conversational prompt-completion example (TRL applies the model's chat template)."""
-    return {
-        "prompt": [{"role": "user", "content": question}],
-        "completion": [{"role": "assistant", "content": completion}],
-    }
+    return {"prompt": messages, "completion": [{"role": "assistant", "content": completion}]}
 
 
 def run(recipe: ShortestRecipe, out: Path) -> Path:
@@ -50,12 +39,13 @@ def run(recipe: ShortestRecipe, out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    model_path = recipe.model_path
     problems, groups = sample_training_problems(recipe)
     examples, lengths = [], []
     for problem in problems:
         chosen = shortest_correct(groups[problem.id])
         if chosen is not None:
-            examples.append(chat_example(problem.question, chosen.completion))
+            examples.append(chat_example(recipe.prompt.messages(problem.question), chosen.completion))
             lengths.append(chosen.length)
     if not examples:
         raise SystemExit("no problem had a correct sample: nothing to learn from")
@@ -63,11 +53,11 @@ def run(recipe: ShortestRecipe, out: Path) -> Path:
         f"shortest correct: {len(examples)} of {len(problems)} problems, mean length "
         f"{sum(lengths) / len(lengths):.1f} tokens"
     )
-    tokenizer = AutoTokenizer.from_pretrained(recipe.model)
-    model = AutoModelForCausalLM.from_pretrained(recipe.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path)
     work_dir = work_dir_for(out, recipe, examples)
-    # the longest example plus the prompt and template, so nothing is cut (never TRL's default)
-    max_length = max(lengths) + 64
+    # the longest prompt and example plus the template's closing tokens, so nothing is cut (never TRL's default)
+    max_length = max(longest_prompt(tokenizer, [e["prompt"] for e in examples]) + 16, 64) + max(lengths)
     arguments = SFTConfig(**common_training_arguments(recipe, work_dir, max_length), completion_only_loss=True)
     trainer = SFTTrainer(
         model=model, args=arguments, train_dataset=Dataset.from_list(examples), processing_class=tokenizer

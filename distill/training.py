@@ -1,38 +1,75 @@
-"""What the TRL-trained methods (shortest, dpo) share: the lab problems to sample on, checkpointed training
-that resumes after an interruption, and writing the finished model atomically with its card."""
+"""What the TRL-trained methods (shortest, dpo) share: the problems to sample on, checkpointed training that
+resumes after an interruption, and writing the finished model atomically with its card."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from pydantic import Field
+
+from distill.recipe import TaskRecipe
 from l2s.cards import atomic_model_dir, new_card, stable_hash, write_card
-from l2s.lab.task import Problem, generate_problems
+from l2s.tasks import TaskProblem, load_task
 
 WORK_DIR = Path("runs") / "distill"
 
 
-def training_problems(num_problems: int, seed: int) -> list[Problem]:
-    """Prompts to sample on: the lab's train split (never the test split the eval harness measures)."""
-    return generate_problems("train", num_problems, seed=seed + 101)
+class TrainedRecipe(TaskRecipe):
+    """The settings shortest and dpo share: what to sample (k per problem) and how TRL trains on it."""
+
+    model: str = Field(description="the long-CoT model to start from (a directory or a hub id)")
+    k: int = Field(8, ge=2, description="samples per problem")
+    num_problems: int = Field(2000, ge=1, description="training problems to sample on (the first N of the task)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    max_tokens: int = Field(768, ge=1, description="sampling cap per response")
+    epochs: float = Field(1.0, gt=0, description="training epochs")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (overrides epochs)")
+    batch_size: int = Field(16, ge=1, description="examples per forward pass")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="forward passes per optimiser step")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (memory)")
+    learning_rate: float = Field(1e-4, gt=0, description="peak learning rate (cosine schedule)")
+    warmup_steps: int = Field(10, ge=0, description="learning-rate warm-up steps")
+    save_steps: int = Field(100, ge=1, description="checkpoint every this many steps (resumable)")
+    seed: int = Field(0, description="seeds the problems, the sampling and the training")
 
 
-def sample_training_problems(recipe) -> tuple[list[Problem], dict]:
+def training_problems(recipe) -> list[TaskProblem]:
+    """Prompts to sample on: the task's train split (the lab's is disjoint from the test split the eval harness
+    measures; a dataset's is what its spec names, `@train` by default), its first `num_problems`."""
+    try:
+        return load_task(recipe.task, split="train", count=recipe.num_problems, seed=recipe.seed + 101)
+    except ValueError as error:
+        raise SystemExit(f"task: {error}") from None
+
+
+def sample_training_problems(recipe) -> tuple[list[TaskProblem], dict]:
     """The training problems and the recipe's k verified samples of each (shared by shortest and dpo)."""
     from distill.sampling import SampleSettings, draw_samples, sampling_summary
 
-    problems = training_problems(recipe.num_problems, recipe.seed)
+    problems = training_problems(recipe)
     settings = SampleSettings(
         k=recipe.k, temperature=recipe.temperature, max_tokens=recipe.max_tokens, seed=recipe.seed
     )
-    groups = draw_samples(recipe.model, problems, settings)
+    groups = draw_samples(recipe.model_path, problems, settings, prompt=recipe.prompt, engine_settings=recipe.engine)
     print("samples:", sampling_summary(groups))
     return problems, groups
 
 
+def longest_prompt(tokenizer, prompts: list[list[dict]]) -> int:
+    """Tokens of the longest chat prompt, template included (training lengths are set from the data, never cut)."""
+    from l2s.generation import chat_prompt_ids
+
+    return max(len(chat_prompt_ids(tokenizer, messages)) for messages in prompts)
+
+
 def common_training_arguments(recipe, work_dir: Path, max_length: int) -> dict:
-    """Settings every TRL trainer here takes: CPU, checkpoints every `save_steps` (kept: the last two), loss
-    logged every 10 steps, a progress bar, no external reporting."""
+    """Settings every TRL trainer here takes: the GPU with bf16 when there is one (else the CPU in float32),
+    checkpoints every `save_steps` (kept: the last two), loss logged every 10 steps, a progress bar, no external
+    reporting."""
+    import torch
+
+    gpu = torch.cuda.is_available()
     return dict(
         output_dir=str(work_dir / "checkpoints"),
         num_train_epochs=recipe.epochs,
@@ -46,8 +83,10 @@ def common_training_arguments(recipe, work_dir: Path, max_length: int) -> dict:
         save_steps=recipe.save_steps,
         save_total_limit=2,
         report_to=[],
-        use_cpu=True,
-        bf16=False,
+        use_cpu=not gpu,
+        bf16=gpu and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=recipe.gradient_checkpointing,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
         seed=recipe.seed,
         max_length=max_length,
         disable_tqdm=False,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from l2s.lab.task import Problem, generate_problems, is_correct
+from l2s.tasks import PromptPolicy, TaskProblem, load_task, split_holdout
 
 VALIDATION_SEED = 0  # the same validation problems for every run and seed, so their scores compare
 
@@ -33,23 +33,48 @@ class Score:
         return asdict(self)
 
 
-def validation_problems(count: int) -> list[Problem]:
-    return generate_problems("validation", count, seed=VALIDATION_SEED)
+HOLDOUT_FRACTION = 0.05  # of a task without a validation split of its own, held out from training
 
 
-def score_policy(engine, problems: list[Problem], iteration: int, max_tokens: int) -> Score:
+def validation_split(recipe) -> tuple[list[TaskProblem], list[TaskProblem]]:
+    """(the problems RL trains on, the validation problems it is scored on), never overlapping:
+
+    - the lab: its train split, and `validation_problems` of its validation split (disjoint by hash);
+    - `validation_task` given: the task's train split, and that task's validation split minus any question the
+      training pool also holds;
+    - otherwise: the task's train split, less a hashed 5% hold-out, which is the validation set."""
+    pool = load_task(recipe.task, split="train", count=recipe.pool_size, seed=recipe.seed + 202)
+    count = recipe.validation_problems
+    if not count:
+        return pool, []
+    if recipe.validation_task:
+        held = load_task(recipe.validation_task, split="validation", count=None, seed=VALIDATION_SEED)
+        train_questions = {" ".join(p.question.lower().split()) for p in pool}
+        held = [p for p in held if " ".join(p.question.lower().split()) not in train_questions]
+    elif recipe.task.partition(":")[0] == "lab":
+        held = load_task("lab", split="validation", count=count, seed=VALIDATION_SEED)
+    else:
+        pool, held = split_holdout(pool, HOLDOUT_FRACTION, salt="validation")
+    if not held:
+        raise ValueError("no validation problems left: give a validation_task or more problems")
+    return pool, held[:count]
+
+
+def score_policy(
+    engine, problems: list[TaskProblem], iteration: int, max_tokens: int, prompt: PromptPolicy = PromptPolicy()
+) -> Score:
     """Greedy accuracy and mean reasoning tokens of the engine's current weights on `problems`."""
     from l2s.generation import generate
 
-    outputs = generate(engine, [p.question for p in problems], max_tokens=max_tokens, progress=False)
+    outputs = generate(engine, [prompt.messages(p.question) for p in problems], max_tokens=max_tokens, progress=False)
     samples = [group[0] for group in outputs]
     correct = [
-        sample.finish_reason == "stop" and is_correct(sample.answer_text, problem)
+        sample.finish_reason == "stop" and problem.is_correct(sample.answer_text)
         for sample, problem in zip(samples, problems)
     ]
     levels = sorted({p.level for p in problems})
     by_level = {
-        str(level): sum(c for c, p in zip(correct, problems) if p.level == level)
+        level: sum(c for c, p in zip(correct, problems) if p.level == level)
         / sum(1 for p in problems if p.level == level)
         for level in levels
     }

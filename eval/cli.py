@@ -6,6 +6,45 @@ import argparse
 import json
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from l2s.generation import EngineSettings
+from l2s.tasks import PromptPolicy
+
+
+class EvalOptions(BaseModel):
+    """Everything one `l2s eval` run is given (the flags below; distill's quick evaluations build one too)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(min_length=1)
+    out: str
+    offline: bool = False
+    base_url: str | None = None
+    task: str = "lab"
+    split: str = "test"
+    system_prompt: str | None = None
+    instruction: str | None = None
+    budgets: str = "none"
+    efforts: str = ""
+    samples: int = Field(1, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    num_problems: int | None = Field(None, ge=1)
+    max_tokens: int = Field(512, ge=1)
+    reference: str | None = None
+    concurrency: int = Field(16, ge=1)
+    api_key: str = "unused"
+    seed: int = 0
+    calibrate: bool = False
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    @property
+    def prompt(self) -> PromptPolicy:
+        return PromptPolicy(system_prompt=self.system_prompt, instruction=self.instruction)
+
+
+ENGINE_FLAGS = ("dtype", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "kv_cache_gib")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -19,7 +58,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     mode.add_argument("--offline", action="store_true", help="run the vLLM engine directly on model directories")
-    parser.add_argument("--task", default="lab", help="lab, lab:LEVEL or jsonl:PATH (default: %(default)s)")
+    parser.add_argument(
+        "--task",
+        default="lab",
+        help="lab, lab:LEVEL, jsonl:PATH or hf:NAME[:CONFIG][@SPLIT] (a hub id in the local cache, or a "
+        "save_to_disk directory) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="the lab's split, and an hf dataset's when the task names none (default: %(default)s)",
+    )
+    parser.add_argument("--system-prompt", default=None, help="a system message sent before every question")
+    parser.add_argument(
+        "--instruction",
+        default=None,
+        help="text appended to every question, e.g. DeepSeek-R1's 'Please reason step by step, and put your final "
+        "answer within \\boxed{}.'",
+    )
     parser.add_argument(
         "--budgets", default="none", help="comma-separated thinking budgets; 'none' = unbudgeted (default: %(default)s)"
     )
@@ -47,9 +103,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--calibrate", action="store_true", help="also write calibration.json for `l2s serve --calibration`"
     )
     parser.add_argument("--out", required=True, help="output directory (rerunning with the same arguments resumes)")
+    engine = parser.add_argument_group("offline engine (default: from the model and the hardware)")
+    for name in ENGINE_FLAGS:
+        info = EngineSettings.model_fields[name]
+        kind = {"dtype": str, "max_model_len": int, "gpu_memory_utilization": float}.get(name, int)
+        engine.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=info.description)
 
 
-def _conditions(args: argparse.Namespace):
+def _conditions(args: EvalOptions):
     from eval.runner import Condition
 
     conditions = []
@@ -71,7 +132,7 @@ def _conditions(args: argparse.Namespace):
     return conditions
 
 
-def _reference(args: argparse.Namespace, names: list[str]) -> str:
+def _reference(args: EvalOptions, names: list[str]) -> str:
     from l2s.cards import read_card
 
     if args.reference:
@@ -83,22 +144,31 @@ def _reference(args: argparse.Namespace, names: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    return evaluate(args)
+    engine = {name: getattr(args, name) for name in ENGINE_FLAGS if getattr(args, name) is not None}
+    options = {name: getattr(args, name) for name in EvalOptions.model_fields if name != "engine"}
+    return evaluate(EvalOptions(**options, engine=EngineSettings(**engine)))
 
 
-def evaluate(args: argparse.Namespace) -> int:
+def evaluate(args: EvalOptions) -> int:
     """The public entry point (distill calls it for quick evaluations)."""
     from eval.calibration import build_calibration, write_calibration
     from eval.report import build_results, plot, write_report
     from eval.runner import EvalSettings, load_done, model_name, model_version, run_api, run_offline
-    from eval.tasks import load_task
+    from l2s.tasks import load_task
 
     conditions = _conditions(args)
     if args.offline:
+        from l2s.models import ModelNotFound, resolve_model
+
         for model in args.models:
-            if not (Path(model) / "config.json").is_file():
-                raise SystemExit(f"--offline needs model directories; no model at {model}")
-    problems = load_task(args.task, args.num_problems, seed=args.seed)
+            try:
+                resolve_model(model)
+            except ModelNotFound as error:
+                raise SystemExit(f"--offline: {error}") from None
+    try:
+        problems = load_task(args.task, args.split, args.num_problems, seed=args.seed)
+    except ValueError as error:
+        raise SystemExit(f"--task: {error}") from None
     temperature = args.temperature if args.temperature is not None else (0.0 if args.samples == 1 else 1.0)
     settings = EvalSettings(
         models=args.models,
@@ -111,6 +181,8 @@ def evaluate(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         base_url=args.base_url,
         api_key=args.api_key,
+        prompt=args.prompt,
+        engine=args.engine,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +198,12 @@ def evaluate(args: argparse.Namespace) -> int:
         "models": args.models,
         "conditions": [c.label for c in conditions],
     }
+    # only when set, so runs from before these options resume as they are
+    meta.update({k: v for k, v in args.prompt.model_dump().items() if v})
+    if args.split != "test":
+        meta["split"] = args.split
+    if args.engine.dtype != "auto":  # the only engine setting that changes what is sampled
+        meta["dtype"] = args.engine.dtype
     arguments_path = out / "arguments.json"
     # Models and conditions may be added to a run (its samples are keyed by both); anything else would mix.
     addable = ("models", "conditions")

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from eval.tasks import EvalProblem
 from l2s.cards import stable_hash
+from l2s.generation import EngineSettings
 from l2s.reasoning import split_text
+from l2s.tasks import PromptPolicy, TaskProblem
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Condition:
 @dataclass
 class EvalSettings:
     models: list[str]
-    problems: list[EvalProblem]
+    problems: list[TaskProblem]
     conditions: list[Condition]
     samples: int = 1
     temperature: float = 0.0
@@ -46,6 +47,8 @@ class EvalSettings:
     concurrency: int = 16
     base_url: str | None = None
     api_key: str = "unused"
+    prompt: PromptPolicy = field(default_factory=PromptPolicy)
+    engine: EngineSettings = field(default_factory=EngineSettings)
     extra: dict = field(default_factory=dict)
 
 
@@ -69,7 +72,7 @@ def sample_key(record: dict) -> tuple:
     return (record["model"], record.get("model_version"), record["condition"], record["problem_id"], record["sample"])
 
 
-def sample_key_of(model: str, version: str | None, condition: Condition, problem: EvalProblem, index: int) -> tuple:
+def sample_key_of(model: str, version: str | None, condition: Condition, problem: TaskProblem, index: int) -> tuple:
     return (model_name(model), version, condition.label, problem.id, index)
 
 
@@ -85,7 +88,7 @@ def load_done(samples_path: Path) -> dict[tuple, dict]:
     return done
 
 
-def _todo(settings: EvalSettings, model: str, condition: Condition, done: dict) -> list[tuple[EvalProblem, int]]:
+def _todo(settings: EvalSettings, model: str, condition: Condition, done: dict) -> list[tuple[TaskProblem, int]]:
     version = model_version(model)  # once: it reads the model directory
     return [
         (problem, index)
@@ -99,7 +102,7 @@ def _record(
     model: str,
     version: str | None,
     condition: Condition,
-    problem: EvalProblem,
+    problem: TaskProblem,
     index: int,
     reasoning: str,
     answer: str,
@@ -116,7 +119,7 @@ def _record(
         "problem_id": problem.id,
         "level": problem.level,
         "sample": index,
-        "correct": problem.verify(answer),
+        "correct": problem.is_correct(answer),
         "reasoning_tokens": reasoning_tokens,
         "answer_tokens": answer_tokens,
         "answer": answer,
@@ -142,14 +145,14 @@ def run_offline(settings: EvalSettings, samples_path: Path) -> None:
             pending = {condition: _todo(settings, model, condition, done) for condition in settings.conditions}
             if not any(pending.values()):
                 continue
-            engine, version = open_engine(model), model_version(model)
+            engine, version = open_engine(model, settings.engine), model_version(model)
             try:
                 for condition, todo in pending.items():
                     problems = list(dict.fromkeys(problem for problem, _ in todo))
                     for batch in _chunks(problems, 128):
                         groups = generate(
                             engine,
-                            [p.question for p in batch],
+                            [settings.prompt.messages(p.question) for p in batch],
                             num_samples=settings.samples,
                             temperature=settings.temperature,
                             max_tokens=settings.max_tokens,
@@ -181,7 +184,7 @@ def run_offline(settings: EvalSettings, samples_path: Path) -> None:
 
 
 async def _one_api_request(
-    client, settings: EvalSettings, model: str, condition: Condition, problem: EvalProblem, index: int
+    client, settings: EvalSettings, model: str, condition: Condition, problem: TaskProblem, index: int
 ) -> dict:
     extra_body = dict(settings.extra)
     kwargs = {}
@@ -194,7 +197,7 @@ async def _one_api_request(
     reasoning, answer, usage = "", "", None
     stream = await client.chat.completions.create(
         model=model,
-        messages=[{"role": "user", "content": problem.question}],
+        messages=settings.prompt.messages(problem.question),
         stream=True,
         stream_options={"include_usage": True},
         temperature=settings.temperature,

@@ -15,17 +15,46 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from l2s.inplace_reload import WORKER_EXTENSION
 from l2s.reasoning import ReasoningMarkers, split_text, split_token_ids
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    dtype: str = "float32"
-    max_model_len: int = 1024
-    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE; the default reserves far more than a tiny model needs
-    max_num_seqs: int = 256
+class EngineSettings(BaseModel):
+    """How an offline vLLM engine is sized: from the model and the hardware unless set (recipes' `engine:`,
+    `l2s eval --dtype/--max-model-len/...`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dtype: str = Field("auto", description="auto: the model's own on a GPU (bf16 for most), float32 on the CPU")
+    max_model_len: int | None = Field(None, ge=16, description="prompt + completion tokens (default: the model's)")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of GPU memory vLLM may take")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs to shard the model over")
+    kv_cache_gib: int = Field(1, ge=1, description="CPU only: KV cache size (VLLM_CPU_KVCACHE_SPACE)")
+    max_num_seqs: int = Field(256, ge=1, description="sequences decoded together")
     seed: int = 0
+
+
+def _on_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def model_max_length(model_dir: Path) -> int | None:
+    """The context length a model's config declares (the field differs by architecture)."""
+    import json
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    config = {**config.get("text_config", {}), **config}
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
 
 
 @dataclass(frozen=True)
@@ -44,20 +73,33 @@ class Sample:
 def open_engine(
     model_dir: str | Path, settings: EngineSettings = EngineSettings(), markers: ReasoningMarkers = ReasoningMarkers()
 ):
-    """A `vllm.LLM` for `model_dir` with the reasoning markers configured (so budgets work)."""
+    """A `vllm.LLM` for `model_dir` (a directory or a hub id) with the reasoning markers configured (so budgets
+    work)."""
+    from l2s.models import resolve_model
+
+    model_dir = resolve_model(model_dir)
+    gpu = _on_gpu()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
     from vllm import LLM  # imported here: importing vLLM is slow and most commands do not need it
 
+    # on the CPU, "auto" would let vLLM cast a float32 checkpoint (the lab's) to 16 bits
+    dtype = "float32" if settings.dtype == "auto" and not gpu else settings.dtype
+    max_model_len = settings.max_model_len or model_max_length(model_dir)
+    if gpu:
+        hardware = {"gpu_memory_utilization": settings.gpu_memory_utilization}
+        hardware["tensor_parallel_size"] = settings.tensor_parallel_size
+    else:
+        hardware = cpu_scheduling(max_model_len or 8192)
     return LLM(
         model=str(model_dir),
-        dtype=settings.dtype,
-        max_model_len=settings.max_model_len,
+        dtype=dtype,
+        max_model_len=max_model_len,
         max_num_seqs=settings.max_num_seqs,
         seed=settings.seed,
         reasoning_config={"reasoning_start_str": markers.start, "reasoning_end_str": markers.end},
         enable_prefix_caching=True,
         worker_extension_cls=WORKER_EXTENSION,  # lets RL load each new policy in place (l2s/inplace_reload.py)
-        **cpu_scheduling(settings.max_model_len),
+        **hardware,
     )
 
 
@@ -69,27 +111,32 @@ def cpu_scheduling(max_model_len: int) -> dict:
     offset") as soon as a seeded request's prefill is split. Without chunked prefill no prompt is split.
     On CUDA the defaults stay.
     """
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return {}
-    except ImportError:
-        pass
+    if _on_gpu():
+        return {}
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 8192)}
 
 
-def chat_prompt_ids(tokenizer, question: str) -> list[int]:
-    return list(
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-    )
+def check_template_keeps(tokenizer, messages: list[dict]) -> None:
+    """Refuse a prompt the model's chat template would silently cut: a template without a system role (the lab's)
+    renders a system prompt as nothing."""
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    for message in messages:
+        if message["content"] and message["content"] not in rendered:
+            raise ValueError(
+                f"the chat template of this model drops {message['role']} messages: "
+                f"{message['content'][:60]!r} would never reach it (put it in the instruction instead)"
+            )
+
+
+def chat_prompt_ids(tokenizer, prompt: str | list[dict]) -> list[int]:
+    """A question (sent as the user's message) or whole chat messages, through the model's chat template."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
 
 
 def generate(
     engine,
-    questions: Sequence[str],
+    prompts: Sequence[str | list[dict]],
     *,
     num_samples: int = 1,
     temperature: float = 0.0,
@@ -99,11 +146,14 @@ def generate(
     markers: ReasoningMarkers = ReasoningMarkers(),
     progress: bool = True,
 ) -> list[list[Sample]]:
-    """`num_samples` completions for each question, as chat requests through the model's template."""
+    """`num_samples` completions for each prompt (a question, or chat messages from a `PromptPolicy`), as chat
+    requests through the model's template."""
     tokenizer = engine.get_tokenizer()
+    if prompts and not isinstance(prompts[0], str):
+        check_template_keeps(tokenizer, prompts[0])
     return generate_from_ids(
         engine,
-        [chat_prompt_ids(tokenizer, q) for q in questions],
+        [chat_prompt_ids(tokenizer, prompt) for prompt in prompts],
         num_samples=num_samples,
         temperature=temperature,
         max_tokens=max_tokens,

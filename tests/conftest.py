@@ -3,6 +3,7 @@ real `l2s serve` on loopback, once per test session, and stops it with SIGTERM a
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -48,3 +49,18 @@ def client(server_url: str):
     from openai import OpenAI
 
     return OpenAI(base_url=f"{server_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def write_sum_dataset(directory: Path, count: int) -> tuple[Path, Path]:
+    """Lab-style sums as a user's own data: a `jsonl:` file and an `hf:` dataset directory (save_to_disk, with a
+    train split), answers checked by math-verify like any dataset's. The lab model can solve them."""
+    from datasets import Dataset, DatasetDict
+
+    from l2s.lab.task import generate_problems
+
+    rows = [{"question": p.question, "answer": str(p.answer)} for p in generate_problems("train", count, seed=77)]
+    directory.mkdir(parents=True, exist_ok=True)
+    jsonl = directory / "sums.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(directory / "sums-hf")
+    return jsonl, directory / "sums-hf"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import write_sum_dataset
 
 from l2s.cards import find_models, read_card
 
@@ -71,14 +72,18 @@ def test_bad_recipe_fails_before_loading(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
-@pytest.mark.parametrize("method", ["shortest", "dpo"])
-def test_trained_methods_small(lab_models, tmp_path, method):
+@pytest.mark.parametrize("method,task", [("shortest", "jsonl"), ("dpo", "hf")])
+def test_trained_methods_small_on_a_users_dataset(lab_models, tmp_path, method, task):
+    """Both trained methods on data of the user's own, not the lab's generator: a jsonl file, an hf dataset."""
+    jsonl, hf_dir = write_sum_dataset(tmp_path / "data", 60)
     out = tmp_path / f"lab-{method}"
     result = _l2s(
         "distill",
         method,
         "--model",
         str(lab_models / "lab-long"),
+        "--task",
+        f"jsonl:{jsonl}" if task == "jsonl" else f"hf:{hf_dir}",
         "--num-problems",
         "48",
         "--max-steps",

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import write_sum_dataset
 from safetensors.torch import load_file
 
 from l2s.cards import read_card
@@ -29,9 +30,19 @@ def _rl(cwd, *args):
     )
 
 
-def test_one_iteration(lab_models, tmp_path):
+def test_one_iteration_on_a_users_dataset(lab_models, tmp_path):
+    """One iteration on a jsonl task (math-verify answers); its validation problems are a hashed hold-out of it."""
+    jsonl, _ = write_sum_dataset(tmp_path / "data", 800)
     result = _rl(
-        tmp_path, "--model", str(lab_models / "lab-long"), "--iterations", "1", "--out", str(tmp_path / "lab-rl")
+        tmp_path,
+        "--model",
+        str(lab_models / "lab-long"),
+        "--task",
+        f"jsonl:{jsonl}",
+        "--iterations",
+        "1",
+        "--out",
+        str(tmp_path / "lab-rl"),
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     card = read_card(tmp_path / "lab-rl")
@@ -46,6 +57,7 @@ def test_one_iteration(lab_models, tmp_path):
     # samples come from the policy being trained: the engine's and the trainer's log-probs agree
     assert metrics[0]["engine_logprob_gap"] < 0.05
     assert [v["iteration"] for v in card["training"]["validation"]] == [0, 1]
+    assert card["recipe"]["task"] == f"jsonl:{jsonl}" and card["training"]["validation"][0]["accuracy"] > 0.5
 
 
 def test_resume_equals_an_uninterrupted_run(lab_models, tmp_path):

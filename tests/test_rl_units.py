@@ -62,19 +62,19 @@ def test_curriculum_opens_every_level_by_the_middle_of_the_run():
     import random
 
     from distill.rl import RLRecipe, RunState, choose_problems
-    from l2s.lab.task import generate_problems
+    from l2s.tasks import load_task
 
-    pool = generate_problems("train", 300, seed=1)
+    pool = load_task("lab", split="train", count=300, seed=1)
     recipe = RLRecipe(model="m", iterations=12, problems_per_iteration=40, prioritized=False)
 
-    def levels_at(iteration: int) -> set[int]:
+    def levels_at(iteration: int) -> set[str]:
         return {p.level for p in choose_problems(list(pool), recipe, RunState(iteration=iteration), random.Random(0))}
 
-    assert levels_at(0) == {1}
-    assert levels_at(3) == {1, 2}
-    assert levels_at(6) == levels_at(11) == {1, 2, 3}
+    assert levels_at(0) == {"1"}
+    assert levels_at(3) == {"1", "2"}
+    assert levels_at(6) == levels_at(11) == {"1", "2", "3"}
     assert {p.level for p in choose_problems(list(pool), recipe.model_copy(update={"curriculum": False}),
-                                             RunState(), random.Random(0))} == {1, 2, 3}  # fmt: skip
+                                             RunState(), random.Random(0))} == {"1", "2", "3"}  # fmt: skip
 
 
 def test_checkpoint_selection_rule():
@@ -112,3 +112,45 @@ def test_resume_may_extend_a_run_only_where_that_changes_nothing_else():
     assert not continues(saved, saved.model_copy(update={"iterations": 16, "tau": 1.0}))
     with_curriculum = saved.model_copy(update={"curriculum": True})  # its level schedule spans the run
     assert not continues(with_curriculum, with_curriculum.model_copy(update={"iterations": 16}))
+
+
+def test_micro_batches_accumulate_to_the_minibatch_step():
+    """Gradient accumulation over micro-batches takes the same optimiser steps as whole minibatches."""
+    import copy
+    import random
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from distill.rl import RLRecipe, new_optimizer, train_iteration
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    start = LlamaForCausalLM(config).eval()
+    tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=1)
+    draw = random.Random(0)
+    groups = [
+        [
+            {"prompt": [2, 3 + p], "completion": [draw.randrange(4, 32) for _ in range(draw.randrange(2, 9))],
+             "finished": True, "correct": draw.random() < 0.7, "engine_logprob": 0.0}
+            for _ in range(4)
+        ]
+        for p in range(4)
+    ]  # fmt: skip
+    for group in groups:
+        for rollout in group:
+            rollout["length"] = len(rollout["completion"])
+    trained = []
+    for micro in (None, 3):
+        recipe = RLRecipe(model="m", k=4, minibatch_problems=2, micro_batch_size=micro, learning_rate=1e-3)
+        model = copy.deepcopy(start)
+        train_iteration(model, tokenizer, groups, recipe, 0.5, random.Random(1), new_optimizer(model, recipe))
+        trained.append(model)
+    moved = False
+    for whole, accumulated, original in zip(*(m.parameters() for m in (*trained, start))):
+        assert torch.allclose(whole, accumulated, atol=1e-6)
+        moved |= not torch.equal(whole, original)
+    assert moved
