@@ -16,10 +16,13 @@ from distill.selection import dpo_pairs
 from distill.training import (
     TrainedRecipe,
     common_training_arguments,
+    conversational_keeps_completions,
     longest_prompt,
     sample_training_problems,
     save_model,
     train_resumably,
+    training_completion,
+    training_prompt,
     work_dir_for,
 )
 
@@ -37,21 +40,24 @@ def run(recipe: DPORecipe, out: Path) -> Path:
 
     model_path = recipe.model_path
     problems, groups = sample_training_problems(recipe)
-    pairs, longest = [], 0
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    pairs, longest, conversational = [], 0, None
     for problem in problems:
+        messages = recipe.prompt.messages(problem.question)
         for chosen, rejected in dpo_pairs(groups[problem.id], recipe.long_ratio, recipe.max_pairs_per_problem):
+            if conversational is None:
+                conversational = conversational_keeps_completions(tokenizer, messages, chosen.completion)
             pairs.append(
                 {
-                    "prompt": recipe.prompt.messages(problem.question),
-                    "chosen": [{"role": "assistant", "content": chosen.completion}],
-                    "rejected": [{"role": "assistant", "content": rejected.completion}],
+                    "prompt": training_prompt(tokenizer, messages, conversational),
+                    "chosen": training_completion(chosen.completion, conversational),
+                    "rejected": training_completion(rejected.completion, conversational),
                 }
             )
             longest = max(longest, rejected.length, chosen.length)
     if not pairs:
         raise SystemExit("no preference pairs: no problem had a correct sample with a longer alternative")
     print(f"{len(pairs)} pairs from {len(problems)} problems; longest response {longest} tokens")
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path)
     reference = AutoModelForCausalLM.from_pretrained(model_path)
     work_dir = work_dir_for(out, recipe, pairs)

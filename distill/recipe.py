@@ -120,7 +120,7 @@ def add_recipe_flags(
                 default=None,
                 help=help_text.replace("%", "%%"),
                 **({"type": kind} if kind else {}),
-                **extra,
+                **{"metavar": None if "choices" in extra else name.split("__")[-1].upper(), **extra},
             )
 
 

@@ -45,7 +45,7 @@ from distill.rewards import baseline, total_rewards
 from distill.validation import Score, score_policy, select, validation_split
 from l2s.atomic import write_text_atomic
 from l2s.cards import atomic_model_dir, new_card, write_card
-from l2s.reasoning import split_text
+from l2s.formats import split_completion
 from l2s.tasks import TaskProblem
 
 WORK_DIR = Path("runs") / "rl"
@@ -176,7 +176,9 @@ def rollouts(
     engine, tokenizer, problems: list[TaskProblem], recipe: RLRecipe, state: RunState, seed: int
 ) -> list[dict]:
     """Sample (or continue) responses; return the complete groups of k, keep unfinished ones in `state`."""
-    from l2s.generation import chat_prompt_ids, check_template_keeps, generate_from_ids
+    from l2s.generation import chat_prompt_ids, check_template_keeps, engine_format, generate_from_ids
+
+    fmt = engine_format(engine)
 
     if problems:
         check_template_keeps(tokenizer, recipe.prompt.messages(problems[0].question))
@@ -220,7 +222,8 @@ def rollouts(
             for r in group:
                 text = tokenizer.decode(r["completion"], skip_special_tokens=True)
                 problem = TaskProblem.from_dict(r["problem"])
-                r["correct"] = r["finished"] and problem.is_correct(split_text(text).answer)
+                answer = split_completion(fmt, text, r["completion"]).answer
+                r["correct"] = r["finished"] and problem.is_correct(answer)
                 r["length"] = len(r["completion"])
             complete.append(sorted(group, key=lambda r: r["sample"]))
         else:

@@ -15,10 +15,13 @@ from distill.selection import shortest_correct
 from distill.training import (
     TrainedRecipe,
     common_training_arguments,
+    conversational_keeps_completions,
     longest_prompt,
     sample_training_problems,
     save_model,
     train_resumably,
+    training_completion,
+    training_prompt,
     work_dir_for,
 )
 
@@ -29,11 +32,6 @@ class ShortestRecipe(TrainedRecipe):
     learning_rate: float = Field(3e-4, gt=0, description="peak learning rate (cosine schedule)")
 
 
-def chat_example(messages: list[dict], completion: str) -> dict:
-    """A conversational prompt-completion example (TRL applies the model's chat template)."""
-    return {"prompt": messages, "completion": [{"role": "assistant", "content": completion}]}
-
-
 def run(recipe: ShortestRecipe, out: Path) -> Path:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -41,11 +39,20 @@ def run(recipe: ShortestRecipe, out: Path) -> Path:
 
     model_path = recipe.model_path
     problems, groups = sample_training_problems(recipe)
-    examples, lengths = [], []
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    examples, lengths, conversational = [], [], None
     for problem in problems:
         chosen = shortest_correct(groups[problem.id])
         if chosen is not None:
-            examples.append(chat_example(recipe.prompt.messages(problem.question), chosen.completion))
+            messages = recipe.prompt.messages(problem.question)
+            if conversational is None:
+                conversational = conversational_keeps_completions(tokenizer, messages, chosen.completion)
+            examples.append(
+                {
+                    "prompt": training_prompt(tokenizer, messages, conversational),
+                    "completion": training_completion(chosen.completion, conversational),
+                }
+            )
             lengths.append(chosen.length)
     if not examples:
         raise SystemExit("no problem had a correct sample: nothing to learn from")
@@ -53,7 +60,6 @@ def run(recipe: ShortestRecipe, out: Path) -> Path:
         f"shortest correct: {len(examples)} of {len(problems)} problems, mean length "
         f"{sum(lengths) / len(lengths):.1f} tokens"
     )
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path)
     work_dir = work_dir_for(out, recipe, examples)
     # the longest prompt and example plus the template's closing tokens, so nothing is cut (never TRL's default)

@@ -56,11 +56,38 @@ def sample_training_problems(recipe) -> tuple[list[TaskProblem], dict]:
     return problems, groups
 
 
-def longest_prompt(tokenizer, prompts: list[list[dict]]) -> int:
+def conversational_keeps_completions(tokenizer, messages: list[dict], completion: str) -> bool:
+    """Whether the chat template renders prompt + assistant turn as the generation prompt followed by the
+    completion, verbatim. Not so for templates that open the reasoning block in the prompt (DeepSeek-R1) or drop
+    reasoning from assistant turns (R1, Qwen3): training on their conversational form would learn another text."""
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    whole = tokenizer.apply_chat_template(
+        messages + [{"role": "assistant", "content": completion}], add_generation_prompt=False, tokenize=False
+    )
+    return whole.startswith(prompt) and whole[len(prompt) :].startswith(completion)
+
+
+def training_prompt(tokenizer, messages: list[dict], conversational: bool) -> list[dict] | str:
+    """The prompt of a training example: chat messages (TRL applies the template), or the rendered generation
+    prompt as text when the template would not keep the completion (then each completion is the sampled text, and
+    TRL appends the end-of-sequence token)."""
+    if conversational:
+        return messages
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def training_completion(completion: str, conversational: bool) -> list[dict] | str:
+    return [{"role": "assistant", "content": completion}] if conversational else completion
+
+
+def longest_prompt(tokenizer, prompts: list[list[dict] | str]) -> int:
     """Tokens of the longest chat prompt, template included (training lengths are set from the data, never cut)."""
     from l2s.generation import chat_prompt_ids
 
-    return max(len(chat_prompt_ids(tokenizer, messages)) for messages in prompts)
+    return max(
+        len(tokenizer.encode(p, add_special_tokens=False)) if isinstance(p, str) else len(chat_prompt_ids(tokenizer, p))
+        for p in prompts
+    )
 
 
 def common_training_arguments(recipe, work_dir: Path, max_length: int) -> dict:

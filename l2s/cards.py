@@ -84,12 +84,22 @@ def new_card(name: str, method: str, parents: list[str], recipe: dict, **extra: 
 
 
 def is_model_dir(path: Path) -> bool:
-    return (
-        path.is_dir()
-        and not path.name.startswith(".")
-        and (path / "config.json").is_file()
-        and (path / CARD_FILE).is_file()
-    )
+    """A finished model: one of ours (its card is written last, inside an atomic rename), or a Hugging Face model
+    directory from elsewhere (a downloaded checkpoint) whose weights are all there."""
+    if not path.is_dir() or path.name.startswith(".") or not (path / "config.json").is_file():
+        return False
+    return (path / CARD_FILE).is_file() or _has_all_weights(path)
+
+
+def _has_all_weights(path: Path) -> bool:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError):
+            return False
+        return all((path / shard).is_file() for shard in shards)
+    return (path / "model.safetensors").is_file() or (path / "pytorch_model.bin").is_file()
 
 
 def find_models(models_dir: str | Path) -> dict[str, Path]:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from l2s.formats import ReasoningFormat, detect_format, split_completion
 from l2s.inplace_reload import WORKER_EXTENSION
-from l2s.reasoning import ReasoningMarkers, split_text, split_token_ids
 
 
 class EngineSettings(BaseModel):
@@ -70,14 +70,15 @@ class Sample:
     logprob: float | None = None  # with `logprobs=True`: log π of the sampled tokens (eos included), per the engine
 
 
-def open_engine(
-    model_dir: str | Path, settings: EngineSettings = EngineSettings(), markers: ReasoningMarkers = ReasoningMarkers()
-):
-    """A `vllm.LLM` for `model_dir` (a directory or a hub id) with the reasoning markers configured (so budgets
-    work)."""
+def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings()):
+    """A `vllm.LLM` for `model_dir` (a directory or a hub id) with the model's reasoning markers configured (so
+    budgets work); a model without reasoning markers gets none."""
+    from transformers import AutoTokenizer
+
     from l2s.models import resolve_model
 
     model_dir = resolve_model(model_dir)
+    fmt = detect_format(AutoTokenizer.from_pretrained(model_dir))
     gpu = _on_gpu()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
     from vllm import LLM  # imported here: importing vLLM is slow and most commands do not need it
@@ -96,11 +97,27 @@ def open_engine(
         max_model_len=max_model_len,
         max_num_seqs=settings.max_num_seqs,
         seed=settings.seed,
-        reasoning_config={"reasoning_start_str": markers.start, "reasoning_end_str": markers.end},
+        reasoning_config=reasoning_config(fmt),
         enable_prefix_caching=True,
         worker_extension_cls=WORKER_EXTENSION,  # lets RL load each new policy in place (l2s/inplace_reload.py)
         **hardware,
     )
+
+
+def reasoning_config(fmt: ReasoningFormat) -> dict | None:
+    """vLLM's reasoning config (what `thinking_token_budget` counts and the `</think>` it forces), or None."""
+    if not fmt.reasons:
+        return None
+    return {"reasoning_start_str": fmt.markers.start, "reasoning_end_str": fmt.markers.end}
+
+
+def engine_format(engine) -> ReasoningFormat:
+    """The reasoning format of the model an offline engine serves (detected once per engine)."""
+    fmt = getattr(engine, "_l2s_format", None)
+    if fmt is None:
+        fmt = detect_format(engine.get_tokenizer())
+        engine._l2s_format = fmt
+    return fmt
 
 
 def cpu_scheduling(max_model_len: int) -> dict:
@@ -143,7 +160,6 @@ def generate(
     max_tokens: int = 512,
     thinking_token_budget: int | None = None,
     seed: int = 0,
-    markers: ReasoningMarkers = ReasoningMarkers(),
     progress: bool = True,
 ) -> list[list[Sample]]:
     """`num_samples` completions for each prompt (a question, or chat messages from a `PromptPolicy`), as chat
@@ -159,7 +175,6 @@ def generate(
         max_tokens=max_tokens,
         thinking_token_budget=thinking_token_budget,
         seed=seed,
-        markers=markers,
         progress=progress,
     )
 
@@ -173,7 +188,6 @@ def generate_from_ids(
     max_tokens: int | Sequence[int] = 512,
     thinking_token_budget: int | None = None,
     seed: int | Sequence[int] = 0,
-    markers: ReasoningMarkers = ReasoningMarkers(),
     progress: bool = True,
     logprobs: bool = False,
 ) -> list[list[Sample]]:
@@ -183,7 +197,8 @@ def generate_from_ids(
     from vllm import SamplingParams
 
     tokenizer = engine.get_tokenizer()
-    start_id, end_id = (tokenizer.convert_tokens_to_ids(marker) for marker in (markers.start, markers.end))
+    fmt = engine_format(engine)
+    budget = thinking_token_budget if fmt.reasons and thinking_token_budget not in (None, -1) else None
     caps = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
     seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
     params = [
@@ -192,7 +207,7 @@ def generate_from_ids(
             temperature=temperature,
             max_tokens=cap,
             seed=prompt_seed,
-            thinking_token_budget=thinking_token_budget if thinking_token_budget not in (None, -1) else None,
+            thinking_token_budget=budget,
             skip_special_tokens=True,
             logprobs=0 if logprobs else None,  # 0: only the sampled token's
         )
@@ -206,17 +221,16 @@ def generate_from_ids(
             ids = list(choice.token_ids)
             if ids and ids[-1] == tokenizer.eos_token_id:
                 ids = ids[:-1]
-            split_ids = split_token_ids(ids, start_id, end_id)
-            split = split_text(choice.text, markers)
+            split = split_completion(fmt, choice.text, ids)
             samples.append(
                 Sample(
                     text=choice.text,
                     token_ids=ids,
                     reasoning_text=split.reasoning,
                     answer_text=split.answer,
-                    reasoning_tokens=split_ids.reasoning_tokens,
-                    answer_tokens=split_ids.answer_tokens,
-                    closed=split_ids.closed,
+                    reasoning_tokens=split.reasoning_tokens,
+                    answer_tokens=split.answer_tokens,
+                    closed=split.closed,
                     finish_reason=choice.finish_reason,
                     logprob=_sampled_logprob(choice) if logprobs else None,
                 )

@@ -133,11 +133,15 @@ class ReasoningStream:
     prompt, and is streamed as reasoning at once rather than held back in case a start marker follows.
     """
 
-    def __init__(self, start_id: int, end_id: int, markers: ReasoningMarkers = ReasoningMarkers()):
+    def __init__(
+        self, start_id: int, end_id: int, markers: ReasoningMarkers = ReasoningMarkers(), start_in_prompt: bool = False
+    ):
         self.start_id, self.end_id, self.markers = start_id, end_id, markers
-        self._text_phase = "before"  # before the start marker, then "reasoning", then "answer"
+        # before the start marker, then "reasoning", then "answer"; a template that opened the block in the
+        # prompt (DeepSeek-R1) starts inside it
+        self._text_phase = "reasoning" if start_in_prompt else "before"
         self._pending = ""  # text not yet classified (a possible marker prefix)
-        self._token_phase = "before"
+        self._token_phase = "reasoning" if start_in_prompt else "before"
         self.reasoning_tokens = 0
         self.answer_tokens = 0
 
@@ -192,3 +196,21 @@ class ReasoningStream:
         if self._text_phase == "answer":
             answer, self._pending = self._pending, ""
         return reasoning, answer
+
+
+class PlainStream:
+    """The stream of a completion with no reasoning (a model without markers, or thinking switched off in the
+    template): every delta is answer, every token an answer token. Same interface as `ReasoningStream`."""
+
+    reasoning_tokens = 0
+    closed = True
+
+    def __init__(self) -> None:
+        self.answer_tokens = 0
+
+    def feed(self, text_delta: str, token_ids: Sequence[int] = ()) -> tuple[str, str]:
+        self.answer_tokens += len(token_ids)
+        return "", text_delta
+
+    def flush(self) -> tuple[str, str]:
+        return "", ""

@@ -7,12 +7,13 @@ Variants come from two places: every finished model in `--models-dir` (each gets
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from l2s.cards import find_models, read_card
+from l2s.models import ModelNotFound, resolve_model
 from l2s.registry import registered_variants
 
 EFFORTS = ("none", "low", "medium", "high")
@@ -54,10 +55,31 @@ class EffortBudgets(Strict):
         return self
 
 
+class ReasoningConfig(Strict):
+    """A variant's reasoning format (l2s/formats.py); what is not set is detected from its tokenizer and chat
+    template: markers among the known pairs that are single tokens, the block opened in the prompt when the
+    template's generation prompt ends with the start marker."""
+
+    enabled: bool | None = Field(None, description="false: a plain model, all of its output is content")
+    start: str | None = Field(None, description="the start marker (with `end`)")
+    end: str | None = None
+    start_in_prompt: bool | None = Field(None, description="the chat template opens the reasoning block")
+
+    @model_validator(mode="after")
+    def _both_markers(self) -> ReasoningConfig:
+        if (self.start is None) != (self.end is None):
+            raise ValueError("give both reasoning markers, start and end, or neither")
+        return self
+
+
 class VariantConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     path: Path
     engine: EngineConfig = EngineConfig()
+    reasoning: ReasoningConfig = ReasoningConfig()
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="passed to the chat template for every request (a request's own win)"
+    )
     efforts: EffortBudgets = EffortBudgets()
     max_thinking_tokens: int = Field(-1, ge=-1, description="ceiling on any request's reasoning (−1: none)")
     max_waiting: int = Field(256, ge=0, description="queued requests beyond max_num_seqs before 429")
@@ -86,8 +108,6 @@ class ServerConfig(Strict):
     variants: list[VariantConfig] = []
     defaults: VariantConfig | None = None  # engine/effort settings for variants found in the models dir
     auto: AutoPolicy = AutoPolicy()
-    reasoning_start: str = "<think>"
-    reasoning_end: str = "</think>"
     shutdown_grace_seconds: float = Field(10.0, ge=0)
 
     @classmethod
@@ -103,6 +123,8 @@ class ServerConfig(Strict):
             role = (read_card(model_path) or {}).get("role")
             if name not in named and role != "base":
                 config.variants.append(VariantConfig.model_validate({**defaults, "name": name, "path": model_path}))
+        if "auto" not in raw:
+            config.auto = auto_policy_from_cards(config.variants)
         config._check()
         return config
 
@@ -111,11 +133,39 @@ class ServerConfig(Strict):
         if len(names) != len(set(names)):
             raise ValueError(f"variant names repeat: {names}")
         for variant in self.variants:
-            if not (variant.path / "config.json").is_file():
-                raise ValueError(f"variant {variant.name}: no model at {variant.path}")
+            try:  # a directory, or a hub id through the Hugging Face cache
+                variant.path = resolve_model(variant.path)
+            except ModelNotFound as error:
+                raise ValueError(f"variant {variant.name}: {error}") from None
         for target in [rule.variant for rule in self.auto.rules] + [self.auto.default]:
             if target is not None and target not in names:
                 raise ValueError(f"auto policy names {target!r}, which is not a hosted variant ({names})")
 
     def variant(self, name: str) -> VariantConfig | None:
         return next((variant for variant in self.variants if variant.name == name), None)
+
+
+def auto_policy_from_cards(variants: list[VariantConfig]) -> AutoPolicy:
+    """`model: auto` when the config sets no policy, from what the hosted variants' cards measured
+    (`evaluation`: accuracy and mean reasoning tokens): unbudgeted requests go to the most accurate variant (else
+    the one whose card says role long), requests with a budget up to its `low` effort to the variant that
+    reasons least. A calibration file (`l2s serve --calibration`) takes over from both."""
+    measured = []
+    for variant in variants:
+        evaluation = ((read_card(variant.path) or {}) if variant.path.is_dir() else {}).get("evaluation") or {}
+        if "accuracy" in evaluation and "mean_reasoning_tokens" in evaluation:
+            measured.append((variant, evaluation["accuracy"], evaluation["mean_reasoning_tokens"]))
+    if measured:
+        default = max(measured, key=lambda m: (m[1], -m[2]))[0]
+    else:
+        default = next(
+            (v for v in variants if ((read_card(v.path) or {}) if v.path.is_dir() else {}).get("role") == "long"), None
+        )
+    if default is None:
+        return AutoPolicy()
+    rules = []
+    if measured:
+        thrifty = min(measured, key=lambda m: (m[2], -m[1]))[0]
+        if thrifty.name != default.name:
+            rules.append(AutoRule(max_budget=thrifty.efforts.low, variant=thrifty.name))
+    return AutoPolicy(rules=rules, default=default.name)

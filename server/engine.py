@@ -12,8 +12,9 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from l2s.generation import cpu_scheduling
-from l2s.reasoning import ReasoningMarkers, ReasoningStream
+from l2s.formats import PLAIN, ReasoningFormat, detect_format
+from l2s.generation import cpu_scheduling, reasoning_config
+from l2s.reasoning import PlainStream, ReasoningMarkers, ReasoningStream
 from server.config import VariantConfig
 
 
@@ -50,13 +51,12 @@ def _cuda_available() -> bool:
 
 
 class VariantEngine:
-    def __init__(self, variant: VariantConfig, markers: ReasoningMarkers, position: int = 0):
+    def __init__(self, variant: VariantConfig, position: int = 0):
         self.variant = variant
         self.position = position  # this engine's place among the server's engines (for CPU binding)
-        self.markers = markers
+        self.format = PLAIN  # detected from the tokenizer when the engine starts
         self.engine = None
         self.tokenizer = None
-        self.start_id = self.end_id = -1
         self.in_flight = 0  # requests admitted and not finished (running + waiting in the engine)
 
     @property
@@ -78,9 +78,23 @@ class VariantEngine:
     def has_room(self) -> bool:
         return self.in_flight < self.variant.engine.max_num_seqs + self.variant.max_waiting
 
+    def detect_format(self) -> ReasoningFormat:
+        """The variant's reasoning format, from its config and its tokenizer (ValueError: refused at startup)."""
+        from transformers import AutoTokenizer
+
+        wanted = self.variant.reasoning
+        markers = ReasoningMarkers(wanted.start, wanted.end) if wanted.start else None
+        tokenizer = AutoTokenizer.from_pretrained(self.variant.path)
+        try:
+            return detect_format(tokenizer, markers, wanted.start_in_prompt, wanted.enabled)
+        except ValueError as error:
+            raise ValueError(f"variant {self.variant.name}: {error}") from None
+
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.format = await asyncio.to_thread(self.detect_format)
 
         settings = self.variant.engine
         # The engine's worker process is spawned now and reads these from the environment it inherits.
@@ -96,7 +110,7 @@ class VariantEngine:
             max_num_seqs=settings.max_num_seqs,
             tensor_parallel_size=settings.tensor_parallel_size,
             data_parallel_size=settings.data_parallel_size,
-            reasoning_config={"reasoning_start_str": self.markers.start, "reasoning_end_str": self.markers.end},
+            reasoning_config=reasoning_config(self.format),
             enable_prefix_caching=True,
             disable_log_stats=True,
             **({"gpu_memory_utilization": settings.gpu_memory_utilization} if _cuda_available() else {}),
@@ -105,8 +119,6 @@ class VariantEngine:
         # Building the engine blocks (it starts worker processes and loads weights): keep the loop free.
         engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         self.tokenizer = engine.get_tokenizer()
-        self.start_id = self.tokenizer.convert_tokens_to_ids(self.markers.start)
-        self.end_id = self.tokenizer.convert_tokens_to_ids(self.markers.end)
         self.engine = engine
 
     def shutdown(self) -> None:
@@ -114,10 +126,20 @@ class VariantEngine:
             self.engine.shutdown()
             self.engine = None
 
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
+    def prompt_ids(self, messages: list[dict], template_kwargs: dict | None = None) -> list[int]:
         return list(
-            self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+            self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False, **(template_kwargs or {})
+            )
         )
+
+    def splitter(self, thinking_off: bool) -> ReasoningStream | PlainStream:
+        """What splits one choice's stream: into reasoning and answer, or all answer when the model does not
+        reason or its template was told not to."""
+        if not self.format.reasons or thinking_off:
+            return PlainStream()
+        fmt = self.format
+        return ReasoningStream(fmt.start_id, fmt.end_id, fmt.markers, start_in_prompt=fmt.start_in_prompt)
 
     def sampling_params(self, params: GenerationParams, n: int = 1):
         """vLLM's sampling parameters for one request. Built before the response starts, so that whatever vLLM
@@ -144,10 +166,12 @@ class VariantEngine:
         except VLLMClientError as error:  # not a ValueError subclass
             raise ValueError(str(error)) from None
 
-    async def stream(self, request_id: str, prompt_ids: list[int], sampling) -> AsyncIterator[tuple[int, Chunk]]:
+    async def stream(
+        self, request_id: str, prompt_ids: list[int], sampling, thinking_off: bool = False
+    ) -> AsyncIterator[tuple[int, Chunk]]:
         """Yield (choice index, chunk) as the engine produces tokens, for each of `sampling.n` choices."""
         n = sampling.n
-        splitters = [ReasoningStream(self.start_id, self.end_id, self.markers) for _ in range(n)]
+        splitters = [self.splitter(thinking_off) for _ in range(n)]
         generated = [0] * n  # every generated token, end-of-sequence included (as vLLM's own usage counts)
         self.in_flight += 1
         try:

@@ -81,6 +81,9 @@ class ChatCompletionRequest(BaseModel):
     thinking_token_budget: int | None = Field(None, ge=-1, description="reasoning-token cap; -1 = unlimited")
     include_reasoning: bool = True
     thinking: ThinkingConfig | None = None  # Anthropic-style alias
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description="passed to the model's chat template (vLLM's extension), e.g. {'enable_thinking': false}"
+    )
     top_k: int | None = Field(None, ge=-1)
 
     @field_validator("messages")

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from l2s.reasoning import ReasoningMarkers
 from server.budgets import Calibration, choose_variant, effective_budget
 from server.config import ServerConfig
 from server.engine import Chunk, GenerationParams, VariantEngine
@@ -29,16 +28,15 @@ class Plan:
     sampling: Any  # vLLM's SamplingParams, validated when the request was planned
     budget: int | None
     n: int
+    thinking_off: bool = False  # the chat template was told not to think: the completion is all content
 
 
 class ChatService:
     def __init__(self, config: ServerConfig, calibration: Calibration | None = None):
         self.config = config
         self.calibration = calibration
-        self.markers = ReasoningMarkers(config.reasoning_start, config.reasoning_end)
         self.engines = {
-            variant.name: VariantEngine(variant, self.markers, position)
-            for position, variant in enumerate(config.variants)
+            variant.name: VariantEngine(variant, position) for position, variant in enumerate(config.variants)
         }
         self.metrics = ServerMetrics()
         for name, engine in self.engines.items():  # read at scrape time, so they are never stale
@@ -81,8 +79,19 @@ class ChatService:
             self.metrics.refused.labels(name).inc()
             raise APIError(429, f"too many requests waiting for '{name}'", code="queue_full", retry_after=1)
         variant = engine.variant
+        budget = effective_budget(variant, request.requested_budget(), request.effort(), self.calibration)
+        template_kwargs = {**variant.chat_template_kwargs, **(request.chat_template_kwargs or {})}
+        switch = engine.format.thinking_switch
+        if switch and budget == 0 and switch not in template_kwargs:
+            template_kwargs[switch] = False  # reasoning_effort "none" / a zero budget: no thinking, by the template
+        thinking_off = bool(switch) and template_kwargs.get(switch) is False
+        if thinking_off or not engine.format.reasons:
+            budget = None  # nothing to cap: the completion holds no reasoning
         messages = [{"role": m.role, "content": m.text()} for m in request.messages]
-        prompt_ids = engine.prompt_ids(messages)
+        try:
+            prompt_ids = engine.prompt_ids(messages, template_kwargs)
+        except Exception as error:  # the template itself refused these messages or kwargs
+            raise APIError(400, f"the chat template failed: {str(error)[:300]}", code="invalid_parameter") from None
         context = variant.engine.max_model_len
         room = context - len(prompt_ids)
         max_tokens = request.max_output_tokens()
@@ -95,7 +104,6 @@ class ChatService:
                 code="context_length_exceeded",
                 param="messages",
             )
-        budget = effective_budget(variant, request.requested_budget(), request.effort(), self.calibration)
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         params = GenerationParams(
             max_tokens=max_tokens if max_tokens is not None else room,
@@ -112,7 +120,14 @@ class ChatService:
             sampling = engine.sampling_params(params, request.n)
         except ValueError as error:  # what vLLM itself rejects (its validation errors are ValueErrors)
             raise APIError(400, str(error)[:500], code="invalid_parameter") from None
-        return Plan(engine=engine, prompt_ids=prompt_ids, sampling=sampling, budget=budget, n=request.n)
+        return Plan(
+            engine=engine,
+            prompt_ids=prompt_ids,
+            sampling=sampling,
+            budget=budget,
+            n=request.n,
+            thinking_off=thinking_off,
+        )
 
     # --- running ------------------------------------------------------------------------------------------------
     async def complete(self, request: ChatCompletionRequest, plan: Plan) -> dict:
@@ -121,7 +136,7 @@ class ChatService:
         texts = [["", ""] for _ in range(plan.n)]
         finals: list[Chunk | None] = [None] * plan.n
         try:
-            chunks = plan.engine.stream(completion_id(), plan.prompt_ids, plan.sampling)
+            chunks = plan.engine.stream(completion_id(), plan.prompt_ids, plan.sampling, plan.thinking_off)
             async with contextlib.aclosing(chunks):
                 async for index, chunk in chunks:
                     state.observe(chunk)
@@ -185,7 +200,7 @@ class ChatService:
                         }
                     ]
                 )
-            chunks = plan.engine.stream(identifier, plan.prompt_ids, plan.sampling)
+            chunks = plan.engine.stream(identifier, plan.prompt_ids, plan.sampling, plan.thinking_off)
             async with contextlib.aclosing(chunks):
                 async for index, chunk in chunks:
                     state.observe(chunk)

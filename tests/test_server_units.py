@@ -95,7 +95,7 @@ def test_config_validation(tmp_path):
         VariantConfig(name="auto", path=tmp_path)
     with pytest.raises(ValidationError):
         ServerConfig.model_validate({"variants": [], "unknown_key": 1})
-    with pytest.raises(ValueError, match="no model"):
+    with pytest.raises(ValueError, match="variant x: model .*missing: no such directory"):
         ServerConfig(variants=[VariantConfig(name="x", path=tmp_path / "missing")])._check()
 
 

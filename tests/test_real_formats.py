@@ -1,0 +1,146 @@
+"""Every command on tiny models in real formats (tests/real_formats.py: Qwen3 with `enable_thinking`, a Qwen2 with
+DeepSeek-R1's template that opens `<think>` in the prompt, a plain Llama instruct model without reasoning tokens),
+on user-format data, with no network."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+from transformers import AutoTokenizer
+
+from l2s.cards import read_card
+from l2s.formats import detect_format
+from l2s.local_server import stop_server, wait_healthy
+from tests.conftest import ROOT, start_server, write_sum_dataset
+from tests.real_formats import build_all, build_qwen3
+
+pytestmark = pytest.mark.slow
+
+QUESTION = [{"role": "user", "content": "What is 33+22+67+48?"}]
+
+
+def _l2s(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "l2s.cli", *args], capture_output=True, text=True, timeout=1800, cwd=cwd
+    )
+
+
+@pytest.fixture(scope="module")
+def real_models(lab_models, tmp_path_factory) -> dict[str, Path]:
+    return build_all(lab_models / "lab-long", tmp_path_factory.mktemp("real-formats"))
+
+
+def test_formats_are_detected_from_tokenizer_and_template(real_models):
+    qwen3 = detect_format(AutoTokenizer.from_pretrained(real_models["qwen3"]))
+    assert qwen3.markers.start == "<think>" and not qwen3.start_in_prompt and qwen3.thinking_switch == "enable_thinking"
+    r1 = detect_format(AutoTokenizer.from_pretrained(real_models["r1"]))
+    assert r1.reasons and r1.start_in_prompt and r1.thinking_switch is None
+    assert not detect_format(AutoTokenizer.from_pretrained(real_models["plain"])).reasons
+    with pytest.raises(ValueError, match="not single tokens"):
+        from l2s.reasoning import ReasoningMarkers
+
+        detect_format(AutoTokenizer.from_pretrained(real_models["plain"]), ReasoningMarkers("<think>", "</think>"))
+
+
+@pytest.fixture(scope="module")
+def real_client(real_models):
+    """`l2s serve` with the default config on a models directory that holds no lab model at all."""
+    process, base_url, log_path = start_server(
+        real_models["r1"].parent, "--config", str(ROOT / "configs" / "server.yaml"), log_name="real-formats"
+    )
+    try:
+        wait_healthy(base_url, process, timeout=900)
+    except Exception:
+        stop_server(process)
+        raise RuntimeError("server failed to start:\n" + log_path.read_text()[-3000:]) from None
+    yield OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+    stop_server(process)
+
+
+def test_r1_format_reasons_from_the_prompt_with_exact_budgets(real_client):
+    """The R1 template opens <think> in the prompt: the completion's reasoning is counted from its first token,
+    the budget holds exactly, and no marker reaches the content."""
+    free = real_client.chat.completions.create(model="tiny-r1", messages=QUESTION, temperature=0, max_tokens=600)
+    message = free.choices[0].message
+    assert "The answer is 170" in message.content and "<think>" not in message.content
+    assert "</think>" not in message.content and "33+22" in message.reasoning_content
+    assert free.usage.completion_tokens_details.reasoning_tokens > 50
+    capped = real_client.chat.completions.create(
+        model="tiny-r1", messages=QUESTION, temperature=0, max_tokens=600, extra_body={"thinking_token_budget": 16}
+    )
+    assert capped.usage.completion_tokens_details.reasoning_tokens == 16
+    assert "</think>" not in capped.choices[0].message.content
+
+
+def test_qwen3_thinking_switch_and_template_kwargs(real_client):
+    """reasoning_effort "none" on a model whose template can switch thinking off turns it off there: the whole
+    completion is content, with no reasoning tokens; so does chat_template_kwargs."""
+    for extra in ({"reasoning_effort": "none"}, {"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}):
+        reply = real_client.chat.completions.create(
+            model="tiny-qwen3", messages=QUESTION, temperature=1, seed=3, max_tokens=24, **extra
+        )
+        assert reply.usage.completion_tokens_details.reasoning_tokens == 0
+        assert reply.choices[0].message.content and not getattr(reply.choices[0].message, "reasoning_content", "")
+    thinking = real_client.chat.completions.create(
+        model="tiny-qwen3", messages=QUESTION, temperature=1, seed=3, max_tokens=24
+    )
+    details = thinking.usage.completion_tokens_details
+    assert "<think>" not in (thinking.choices[0].message.content or "")
+    assert details.reasoning_tokens <= thinking.usage.completion_tokens
+
+
+def test_plain_model_answers_in_content(real_client):
+    """A model with no reasoning markers: everything it writes is content, 0 reasoning tokens, streamed or not."""
+    reply = real_client.chat.completions.create(
+        model="tiny-plain", messages=QUESTION, temperature=1, seed=5, max_tokens=20
+    )
+    assert reply.choices[0].message.content
+    assert reply.usage.completion_tokens_details.reasoning_tokens == 0
+    stream = real_client.chat.completions.create(
+        model="tiny-plain", messages=QUESTION, temperature=1, seed=5, max_tokens=20, stream=True
+    )
+    content = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert content == reply.choices[0].message.content
+
+
+def test_eval_and_distill_on_the_r1_format(real_models, tmp_path):
+    """eval on an hf dataset, shortest on a jsonl task, one RL iteration: the R1 model's reasoning is split the
+    same way everywhere (it starts in the prompt), and its answers are verified."""
+    jsonl, hf_dir = write_sum_dataset(tmp_path / "data", 400)
+    r1 = str(real_models["r1"])
+    evaluated = _l2s(
+        "eval", "--offline", "--model", r1, "--task", f"hf:{hf_dir}@train", "--num-problems", "24",
+        "--out", str(tmp_path / "eval"), cwd=tmp_path,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    (result,) = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
+    assert result["accuracy"] >= 0.9 and result["mean_reasoning_tokens"] > 50
+    shortest = _l2s(
+        "distill", "shortest", "--model", r1, "--task", f"jsonl:{jsonl}", "--num-problems", "24", "--k", "4",
+        "--max-steps", "2", "--batch-size", "8", "--out", str(tmp_path / "r1-shortest"), cwd=tmp_path,
+    )  # fmt: skip
+    assert shortest.returncode == 0, (shortest.stdout + shortest.stderr)[-3000:]
+    assert read_card(tmp_path / "r1-shortest")["parents"] == ["tiny-r1"]
+    rl = _l2s(
+        "distill", "rl", "--model", r1, "--task", f"jsonl:{jsonl}", "--iterations", "1", "--problems-per-iteration",
+        "4", "--k", "4", "--max-tokens", "400", "--validation-problems", "8", "--out", str(tmp_path / "r1-rl"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert rl.returncode == 0, (rl.stdout + rl.stderr)[-3000:]
+    (metrics,) = [json.loads(line) for line in (tmp_path / "runs/rl/r1-rl/metrics.jsonl").read_text().splitlines()]
+    assert metrics["accuracy"] > 0.5 and metrics["engine_logprob_gap"] < 0.05
+
+
+def test_merge_two_qwen3_models(real_models, tmp_path):
+    other = build_qwen3(tmp_path / "tiny-qwen3-other", seed=1)
+    merged = _l2s(
+        "distill", "merge", "--long", str(real_models["qwen3"]), "--short", str(other),
+        "--out", str(tmp_path / "merged"), cwd=tmp_path,
+    )  # fmt: skip
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    assert detect_format(AutoTokenizer.from_pretrained(tmp_path / "merged")).thinking_switch == "enable_thinking"
