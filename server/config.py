@@ -26,8 +26,10 @@ class Strict(BaseModel):
 class EngineConfig(Strict):
     """Settings passed to the vLLM engine of one variant."""
 
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
-    max_model_len: int = Field(1024, gt=0)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: the model's own on a GPU, float32 on the CPU"
+    )
+    max_model_len: int | None = Field(None, gt=0, description="prompt + completion tokens (default: the model's)")
     kv_cache_gib: int = Field(1, gt=0, description="KV-cache space in GiB (VLLM_CPU_KVCACHE_SPACE on CPU)")
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="share of GPU memory (CUDA only)")
     tensor_parallel_size: int = Field(1, gt=0)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from l2s.formats import PLAIN, ReasoningFormat, detect_format
-from l2s.generation import cpu_scheduling, reasoning_config
+from l2s.generation import cpu_scheduling, model_max_length, reasoning_config
 from l2s.reasoning import PlainStream, ReasoningMarkers, ReasoningStream
 from server.config import VariantConfig
 
@@ -55,6 +55,7 @@ class VariantEngine:
         self.variant = variant
         self.position = position  # this engine's place among the server's engines (for CPU binding)
         self.format = PLAIN  # detected from the tokenizer when the engine starts
+        self.max_model_len = variant.engine.max_model_len  # the model's own, when not set, once it starts
         self.engine = None
         self.tokenizer = None
         self.in_flight = 0  # requests admitted and not finished (running + waiting in the engine)
@@ -95,6 +96,7 @@ class VariantEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.format = await asyncio.to_thread(self.detect_format)
+        self.max_model_len = self.variant.engine.max_model_len or model_max_length(self.variant.path)
 
         settings = self.variant.engine
         # The engine's worker process is spawned now and reads these from the environment it inherits.
@@ -105,8 +107,8 @@ class VariantEngine:
         args = AsyncEngineArgs(
             model=str(self.variant.path),
             served_model_name=[self.variant.name],
-            dtype=settings.dtype,
-            max_model_len=settings.max_model_len,
+            dtype="float32" if settings.dtype == "auto" and not _cuda_available() else settings.dtype,
+            max_model_len=self.max_model_len,
             max_num_seqs=settings.max_num_seqs,
             tensor_parallel_size=settings.tensor_parallel_size,
             data_parallel_size=settings.data_parallel_size,
@@ -114,11 +116,12 @@ class VariantEngine:
             enable_prefix_caching=True,
             disable_log_stats=True,
             **({"gpu_memory_utilization": settings.gpu_memory_utilization} if _cuda_available() else {}),
-            **cpu_scheduling(settings.max_model_len),  # keeps seeded requests from killing a CPU engine
+            **cpu_scheduling(self.max_model_len or 8192),  # keeps seeded requests from killing a CPU engine
         )
         # Building the engine blocks (it starts worker processes and loads weights): keep the loop free.
         engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         self.tokenizer = engine.get_tokenizer()
+        self.max_model_len = engine.model_config.max_model_len  # what vLLM settled on
         self.engine = engine
 
     def shutdown(self) -> None:

@@ -44,7 +44,7 @@ async def list_models(request: Request) -> dict:
                 "object": "model",
                 "created": now(),
                 "owned_by": "long2short",
-                "max_model_len": engine.variant.engine.max_model_len,
+                "max_model_len": engine.max_model_len,
                 "card": {key: card.get(key) for key in ("role", "method", "parents", "evaluation", "recipe_hash")},
                 "calibration": calibration.get(name),
             }

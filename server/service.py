@@ -92,7 +92,7 @@ class ChatService:
             prompt_ids = engine.prompt_ids(messages, template_kwargs)
         except Exception as error:  # the template itself refused these messages or kwargs
             raise APIError(400, f"the chat template failed: {str(error)[:300]}", code="invalid_parameter") from None
-        context = variant.engine.max_model_len
+        context = engine.max_model_len
         room = context - len(prompt_ids)
         max_tokens = request.max_output_tokens()
         if room <= 0 or (max_tokens is not None and max_tokens > room):

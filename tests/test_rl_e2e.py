@@ -60,19 +60,21 @@ def test_one_iteration_on_a_users_dataset(lab_models, tmp_path):
     assert card["recipe"]["task"] == f"jsonl:{jsonl}" and card["training"]["validation"][0]["accuracy"] > 0.5
 
 
-def test_resume_equals_an_uninterrupted_run(lab_models, tmp_path):
-    model = str(lab_models / "lab-long")
+@pytest.mark.parametrize("optimizer", ["--keep-optimizer-state", "--no-keep-optimizer-state"])
+def test_resume_equals_an_uninterrupted_run(lab_models, tmp_path, optimizer):
+    """Also with AdamW's moments carried across iterations: they are checkpointed and restored."""
+    model = [str(lab_models / "lab-long"), optimizer]
     (tmp_path / "a").mkdir()
-    straight = _rl(tmp_path / "a", "--model", model, "--iterations", "2", "--out", str(tmp_path / "a/lab-rl"))
+    straight = _rl(tmp_path / "a", "--model", *model, "--iterations", "2", "--out", str(tmp_path / "a/lab-rl"))
     assert straight.returncode == 0, straight.stderr[-3000:]
     (tmp_path / "b").mkdir()
     first = _rl(
-        tmp_path / "b", "--model", model, "--iterations", "2", "--stop-after", "1", "--out", str(tmp_path / "b/lab-rl")
+        tmp_path / "b", "--model", *model, "--iterations", "2", "--stop-after", "1", "--out", str(tmp_path / "b/lab-rl")
     )
     assert first.returncode == 0, first.stderr[-3000:]
     assert not (tmp_path / "b/lab-rl").exists()  # interrupted: no finished model
     resumed = _rl(
-        tmp_path / "b", "--model", model, "--iterations", "2", "--resume", "--out", str(tmp_path / "b/lab-rl")
+        tmp_path / "b", "--model", *model, "--iterations", "2", "--resume", "--out", str(tmp_path / "b/lab-rl")
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     weights_a = load_file(tmp_path / "a/lab-rl/model.safetensors")
