@@ -23,7 +23,7 @@ def _common(parser: argparse.ArgumentParser, recipe_name: str) -> None:
     parser.add_argument(
         "--register",
         action="store_true",
-        help="add the result to configs/registered_variants.yaml, so `l2s serve` hosts it",
+        help="add the result to $L2S_HOME/registered_variants.yaml (default: ./), so `l2s serve` hosts it",
     )
 
 

@@ -46,9 +46,9 @@ from distill.validation import Score, score_policy, select, validation_split
 from l2s.atomic import write_text_atomic
 from l2s.cards import atomic_model_dir, new_card, write_card
 from l2s.formats import split_completion
+from l2s.home import runs_dir
 from l2s.tasks import TaskProblem
 
-WORK_DIR = Path("runs") / "rl"
 OPTIMIZER_FILE = "optimizer.pt"
 
 
@@ -391,7 +391,7 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
 
     from l2s.generation import close_engine, open_engine
 
-    run_dir = WORK_DIR / out.name
+    run_dir = runs_dir("rl") / out.name
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe_path = run_dir / "recipe.json"
     if (

@@ -14,9 +14,8 @@ from pathlib import Path
 
 from l2s.cards import read_card, stable_hash
 from l2s.generation import EngineSettings
+from l2s.home import runs_dir
 from l2s.tasks import PromptPolicy, TaskProblem
-
-CACHE_DIR = Path("runs") / "samples"
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ def cache_path(
     model_dir: str | Path,
     problems: list[TaskProblem],
     settings: SampleSettings,
-    cache_dir: Path = CACHE_DIR,
+    cache_dir: Path | None = None,
     prompt: PromptPolicy = PromptPolicy(),
     engine_settings: EngineSettings = EngineSettings(),
 ) -> Path:
@@ -64,7 +63,7 @@ def cache_path(
         **{key: value for key, value in prompt.model_dump().items() if value},
         **{f"engine_{k}": v for k, v in engine_settings.model_dump(exclude_defaults=True).items() if k != "seed"},
     }
-    return cache_dir / f"{Path(model_dir).name}-{stable_hash(identity)}.jsonl"
+    return (cache_dir or runs_dir("samples")) / f"{Path(model_dir).name}-{stable_hash(identity)}.jsonl"
 
 
 def _load(path: Path) -> dict[str, list[Sample]]:
@@ -83,7 +82,7 @@ def draw_samples(
     model_dir: str | Path,
     problems: list[TaskProblem],
     settings: SampleSettings,
-    cache_dir: Path = CACHE_DIR,
+    cache_dir: Path | None = None,
     engine=None,
     batch_size: int = 256,
     prompt: PromptPolicy = PromptPolicy(),

@@ -10,9 +10,8 @@ from pydantic import Field
 
 from distill.recipe import TaskRecipe
 from l2s.cards import atomic_model_dir, new_card, stable_hash, write_card
+from l2s.home import runs_dir
 from l2s.tasks import TaskProblem, load_task
-
-WORK_DIR = Path("runs") / "distill"
 
 
 class TrainedRecipe(TaskRecipe):
@@ -124,7 +123,7 @@ def common_training_arguments(recipe, work_dir: Path, max_length: int) -> dict:
 def work_dir_for(out: Path, recipe, data: list) -> Path:
     """Where a run keeps its checkpoints: named by the output, the recipe and the training data, so that only
     the same run resumes from them (a changed recipe or a rebuilt model starts afresh)."""
-    return WORK_DIR / f"{out.name}-{stable_hash([recipe.model_dump(), data])[:12]}"
+    return runs_dir("distill") / f"{out.name}-{stable_hash([recipe.model_dump(), data])[:12]}"
 
 
 def train_resumably(trainer, work_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""The registry of variants to serve that live outside the models directory: `configs/registered_variants.yaml`.
+"""The registry of variants to serve that live outside the models directory: `$L2S_HOME/registered_variants.yaml`.
 
 `l2s distill … --register` writes it and `l2s serve` reads it, so the two meet through a file."""
 
@@ -8,17 +8,19 @@ from pathlib import Path
 
 import yaml
 
-REGISTRY = Path(__file__).resolve().parent.parent / "configs" / "registered_variants.yaml"
+from l2s.home import registry_path
 
 
-def registered_variants(path: Path = REGISTRY) -> dict[str, str]:
+def registered_variants(path: Path | None = None) -> dict[str, str]:
     """name -> model directory."""
+    path = path or registry_path()
     if not path.is_file():
         return {}
     return dict((yaml.safe_load(path.read_text()) or {}).get("variants", {}))
 
 
-def register_variant(name: str, model_dir: str | Path, path: Path = REGISTRY) -> None:
+def register_variant(name: str, model_dir: str | Path, path: Path | None = None) -> None:
+    path = path or registry_path()
     variants = registered_variants(path)
     variants[name] = str(Path(model_dir).resolve())
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,7 @@ def test_plain_model_answers_in_content(real_client):
 
 
 def test_eval_and_distill_on_the_r1_format(real_models, tmp_path):
-    """eval on an hf dataset, shortest on a jsonl task, one RL iteration: the R1 model's reasoning is split the
+    """eval on an hf dataset, shortest and dpo on a jsonl task, one RL iteration: the R1 model's reasoning is split the
     same way everywhere (it starts in the prompt), and its answers are verified."""
     jsonl, hf_dir = write_sum_dataset(tmp_path / "data", 400)
     r1 = str(real_models["r1"])
@@ -126,6 +126,12 @@ def test_eval_and_distill_on_the_r1_format(real_models, tmp_path):
     )  # fmt: skip
     assert shortest.returncode == 0, (shortest.stdout + shortest.stderr)[-3000:]
     assert read_card(tmp_path / "r1-shortest")["parents"] == ["tiny-r1"]
+    dpo = _l2s(
+        "distill", "dpo", "--model", r1, "--task", f"jsonl:{jsonl}", "--num-problems", "24", "--k", "4",
+        "--max-steps", "2", "--batch-size", "4", "--out", str(tmp_path / "r1-dpo"), cwd=tmp_path,
+    )  # fmt: skip
+    assert dpo.returncode == 0, (dpo.stdout + dpo.stderr)[-3000:]
+    assert read_card(tmp_path / "r1-dpo")["data"]["pairs"] > 0
     rl = _l2s(
         "distill", "rl", "--model", r1, "--task", f"jsonl:{jsonl}", "--iterations", "1", "--problems-per-iteration",
         "4", "--k", "4", "--max-tokens", "400", "--validation-problems", "8", "--out", str(tmp_path / "r1-rl"),

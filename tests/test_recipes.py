@@ -47,3 +47,14 @@ def test_flags_come_from_the_fields():
 def test_bad_task_spec_fails_at_load():
     with pytest.raises(RecipeError, match="unknown task"):
         ShortestRecipe.load(None, {"model": "m", "task": "gsm8k"})
+
+
+def test_working_state_lives_under_l2s_home(tmp_path, monkeypatch):
+    from distill.sampling import SampleSettings, cache_path
+    from l2s.registry import register_variant, registered_variants
+
+    monkeypatch.setenv("L2S_HOME", str(tmp_path / "home"))
+    register_variant("mine", tmp_path)
+    assert (tmp_path / "home" / "registered_variants.yaml").is_file()
+    assert registered_variants() == {"mine": str(tmp_path.resolve())}
+    assert cache_path(tmp_path, [], SampleSettings()).parent == tmp_path / "home" / "runs" / "samples"
