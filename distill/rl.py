@@ -11,7 +11,8 @@ Each iteration i, top to bottom in `run`:
      are stored and continued next iteration, and a problem trains once all its k responses are complete.
   3. Reward r_j = correct_j + w · length_reward_j, the length reward within the problem's own k samples
      (w = 0 during the warm-up). Baseline r̄ = mean_j r_j (or τ·log mean exp(r_j/τ)).
-  4. A fresh optimiser (k1.5 resets it every iteration), then gradient steps on
+  4. Gradient steps (AdamW: fresh each iteration, or with `keep_optimizer_state` its moments carried over — a
+     fresh one takes sign-like first steps of size lr on every weight, which made runs drift) on
 
          L(θ) = 1/(2τ) · mean_x mean_j ( r_j − r̄ − τ · (log π_θ(y_j|x) − log π_θi(y_j|x)) )²
 
@@ -21,8 +22,8 @@ Each iteration i, top to bottom in `run`:
      no clipping.
   5. Write a complete checkpoint atomically and load it into the engine (it becomes π_θ(i+1)); log.
 
-The optimiser reset makes resuming exact: a checkpoint is the weights plus a small JSON state (iteration,
-running success rates, stored partial rollouts, random state), and `--resume` continues from the last one.
+Resuming is exact: a checkpoint is the weights (plus AdamW's moments when they are kept) and a small JSON state
+(iteration, running success rates, stored partial rollouts, random state); `--resume` continues from the last.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 
 
 class RLRecipe(TaskRecipe):
-    model: str = Field(description="the long-CoT model to start from (a model directory)")
+    model: str = Field(description="the long-CoT model to start from (a directory or a hub id)")
     iterations: int = Field(10, ge=1, description="RL iterations (sample, then train)")
     problems_per_iteration: int = Field(64, ge=1, description="problems sampled per iteration")
     k: int = Field(8, ge=2, description="samples per problem")
