@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from l2s.tasks import PromptPolicy, TaskProblem, load_task, split_holdout
+from l2s.tasks import PromptPolicy, TaskProblem, load_task, split_holdout, without
 
 VALIDATION_SEED = 0  # the same validation problems for every run and seed, so their scores compare
 
@@ -48,9 +48,7 @@ def validation_split(recipe) -> tuple[list[TaskProblem], list[TaskProblem]]:
     if not count:
         return pool, []
     if recipe.validation_task:
-        held = load_task(recipe.validation_task, split="validation", count=None, seed=VALIDATION_SEED)
-        train_questions = {" ".join(p.question.lower().split()) for p in pool}
-        held = [p for p in held if " ".join(p.question.lower().split()) not in train_questions]
+        held = without(load_task(recipe.validation_task, split="validation", seed=VALIDATION_SEED), pool)
     elif recipe.task.partition(":")[0] == "lab":
         held = load_task("lab", split="validation", count=count, seed=VALIDATION_SEED)
     else:

@@ -107,3 +107,19 @@ def test_a_template_that_drops_the_system_prompt_is_refused(lab_models):
     check_template_keeps(tokenizer, PromptPolicy(instruction="Be brief.").messages("What is 1+2?"))
     with pytest.raises(ValueError, match="drops system messages"):
         check_template_keeps(tokenizer, PromptPolicy(system_prompt="Be brief.").messages("What is 1+2?"))
+
+
+def test_rl_validation_never_overlaps_training(tmp_path):
+    from distill.rl import RLRecipe
+    from distill.validation import validation_split
+
+    rows = [{"question": f"What is {a}+{a + 1}?", "answer": str(2 * a + 1)} for a in range(10, 810)]
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    pool, held = validation_split(RLRecipe(model="m", task=f"jsonl:{data}", validation_problems=16))
+    assert len(held) == 16 and len(pool) + 16 < 800 and not {p.id for p in pool} & {p.id for p in held}
+    # a validation task loses the questions it shares with the training pool: here all of them, which is an error
+    with pytest.raises(ValueError, match="no validation problems left"):
+        validation_split(
+            RLRecipe(model="m", task=f"jsonl:{data}", validation_task=f"jsonl:{data}", validation_problems=16)
+        )
