@@ -19,7 +19,7 @@ def _lab_build(args: argparse.Namespace) -> int:
 
 
 def _add_lab(subparsers) -> None:
-    from l2s.lab.build import DEFAULT_RECIPE
+    DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "lab.yaml"  # (l2s.lab.build imports torch)
 
     lab = subparsers.add_parser("lab", help="the embedded reasoning lab (task, tiny models)")
     lab_commands = lab.add_subparsers(dest="lab_command", required=True, metavar="COMMAND")
