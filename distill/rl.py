@@ -35,9 +35,8 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
@@ -51,6 +50,9 @@ from l2s.home import runs_dir
 from l2s.tasks import TaskProblem
 
 OPTIMIZER_FILE = "optimizer.pt"
+
+if TYPE_CHECKING:  # torch is imported where it runs: `l2s --help` loads this module for the recipe's flags
+    import torch
 
 
 class RLRecipe(TaskRecipe):
@@ -106,6 +108,8 @@ def opmd_loss(
 
 def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> torch.Tensor:
     """log π(completion | prompt) of each pair: the sum of its tokens' log-probabilities."""
+    import torch
+
     sequences = [p + c for p, c in zip(prompts, completions)]
     width = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -236,6 +240,8 @@ def rollouts(
 
 
 def new_optimizer(model, recipe: RLRecipe) -> torch.optim.Optimizer:
+    import torch
+
     return torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.0)
 
 
@@ -248,6 +254,8 @@ def train_iteration(
     rng: random.Random,
     optimizer: torch.optim.Optimizer,
 ) -> dict:
+    import torch
+
     pad = tokenizer.pad_token_id
     eos = [tokenizer.eos_token_id]
     batch = []  # (prompt, completion, reward, baseline) per sample
@@ -333,6 +341,8 @@ def refresh_engine(engine, checkpoint: Path):
 def save_checkpoint(
     run_dir: Path, model, tokenizer, state: RunState, rng: random.Random, chosen: int, optimizer=None
 ) -> Path:
+    import torch
+
     final = checkpoint_dir(run_dir, state.iteration)
     with atomic_model_dir(final) as temporary:
         model.save_pretrained(temporary)
@@ -388,6 +398,7 @@ def _restore_rng(raw) -> random.Random:
 
 
 def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | None = None) -> Path | None:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from l2s.generation import close_engine, open_engine
@@ -529,6 +540,7 @@ def continues(saved: RLRecipe, recipe: RLRecipe) -> bool:
 
 def publish(recipe: RLRecipe, out: Path, run_dir: Path, state: RunState, chosen: int) -> Path:
     """Write the selected checkpoint (iteration 0: the start model itself) as the finished model directory."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = checkpoint_dir(run_dir, chosen) if chosen else recipe.model_path
