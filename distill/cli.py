@@ -54,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     merge.set_defaults(method_handler=_merge)
 
     from distill.dpo import DPORecipe
-    from distill.recipe import add_recipe_flags
     from distill.shortest import ShortestRecipe
+    from l2s.flags import add_recipe_flags
 
     shortest = methods.add_parser(
         "shortest",
@@ -79,8 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_rl(methods) -> None:
-    from distill.recipe import add_recipe_flags
     from distill.rl import RLRecipe
+    from l2s.flags import add_recipe_flags
 
     rl = methods.add_parser(
         "rl",
@@ -107,8 +107,8 @@ def _add_rl(methods) -> None:
 
 
 def _rl(args: argparse.Namespace) -> int:
-    from distill.recipe import recipe_overrides
     from distill.rl import RLRecipe, run
+    from l2s.flags import recipe_overrides
 
     recipe = RLRecipe.load(args.recipe, recipe_overrides(args, RLRecipe))
     output = run(recipe, Path(args.out), resume=args.resume, stop_after=args.stop_after)
@@ -165,7 +165,7 @@ def _merge(args: argparse.Namespace) -> int:
 def _trained(args: argparse.Namespace, module: str, recipe_class: str) -> int:
     import importlib
 
-    from distill.recipe import recipe_overrides
+    from l2s.flags import recipe_overrides
 
     method = importlib.import_module(f"distill.{module}")
     recipe_type = getattr(method, recipe_class)

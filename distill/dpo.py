@@ -41,15 +41,14 @@ def run(recipe: DPORecipe, out: Path) -> Path:
     model_path = recipe.model_path
     problems, groups = sample_training_problems(recipe)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    pairs, longest, conversational = [], 0, None
+    conversational = conversational_keeps_completions(tokenizer, recipe, problems, groups)
+    pairs, longest = [], 0
     for problem in problems:
-        messages = recipe.prompt.messages(problem.question)
+        prompt = training_prompt(tokenizer, recipe.prompt.messages(problem.question), conversational)
         for chosen, rejected in dpo_pairs(groups[problem.id], recipe.long_ratio, recipe.max_pairs_per_problem):
-            if conversational is None:
-                conversational = conversational_keeps_completions(tokenizer, messages, chosen.completion)
             pairs.append(
                 {
-                    "prompt": training_prompt(tokenizer, messages, conversational),
+                    "prompt": prompt,
                     "chosen": training_completion(chosen.completion, conversational),
                     "rejected": training_completion(rejected.completion, conversational),
                 }

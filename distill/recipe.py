@@ -1,16 +1,13 @@
 """Recipes: one YAML file per distill run (`configs/distill/*.yaml`), validated at load time so that a bad
 recipe fails before any weights load; command-line flags override the file's values.
 
-Each setting is written once, as a field of its recipe class: `add_recipe_flags` makes the command-line flags
-from the fields (as TRL's `HfArgumentParser` does from dataclasses), `recipe_overrides` reads them back."""
+Each setting is written once, as a field of its recipe class: `l2s.flags` makes the command-line flags from the
+fields (as TRL's `HfArgumentParser` does from dataclasses) and reads them back."""
 
 from __future__ import annotations
 
-import argparse
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,8 +47,10 @@ class Recipe(BaseModel):
 
 
 class TaskRecipe(Recipe):
-    """What a sampling method trains on: a task (its train split) and how its questions are asked."""
+    """What a sampling method starts from and trains on: a model, a task (its train split), how its questions are
+    asked, and the engine that samples."""
 
+    model: str = Field(description="the long-CoT model to start from (a directory or a hub id)")
     task: str = Field("lab", description="lab, lab:LEVEL, jsonl:PATH or hf:NAME[:CONFIG][@SPLIT] (its train split)")
     system_prompt: str | None = Field(None, description="a system message sent before every question")
     instruction: str | None = Field(None, description="text appended to every question (R1: 'Please reason ...')")
@@ -74,63 +73,3 @@ class TaskRecipe(Recipe):
     @property
     def prompt(self) -> PromptPolicy:
         return PromptPolicy(system_prompt=self.system_prompt, instruction=self.instruction)
-
-
-# --- command-line flags from the fields ------------------------------------------------------------------------
-
-
-def _flag_type(annotation) -> tuple[Any, dict]:
-    """(the scalar type, extra argparse settings) of a field's annotation; `X | None` is X."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is Literal:
-        return None, {"choices": list(typing.get_args(annotation))}
-    if typing.get_origin(annotation) is list:
-        (item,) = typing.get_args(annotation)
-        return None, {
-            "type": lambda text: [item(part) for part in text.split(",") if part.strip()],
-            "metavar": "A,B,...",
-        }
-    return annotation, {}
-
-
-def add_recipe_flags(
-    parser: argparse.ArgumentParser, recipe_class: type[BaseModel], skip: tuple[str, ...] = (), prefix: str = ""
-) -> None:
-    """One `--flag` per recipe field (booleans as `--flag/--no-flag`; a nested section's fields as
-    `--section-field`), help from the field's description and default. Every flag defaults to None: only what
-    is given overrides the recipe file."""
-    for name, info in recipe_class.model_fields.items():
-        if name in skip:
-            continue
-        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
-            add_recipe_flags(parser, info.annotation, prefix=f"{prefix}{name}__")
-            continue
-        kind, extra = _flag_type(info.annotation)
-        default = "required" if info.is_required() else f"default: {info.default}"
-        help_text = f"{info.description} ({default})" if info.description else f"({default})"
-        name = prefix + name
-        flag = "--" + name.replace("__", "-").replace("_", "-")
-        if kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            parser.add_argument(
-                flag,
-                dest=name,
-                default=None,
-                help=help_text.replace("%", "%%"),
-                **({"type": kind} if kind else {}),
-                **{"metavar": None if "choices" in extra else name.split("__")[-1].upper(), **extra},
-            )
-
-
-def recipe_overrides(args: argparse.Namespace, recipe_class: type[BaseModel], prefix: str = "") -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for name, info in recipe_class.model_fields.items():
-        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
-            nested = recipe_overrides(args, info.annotation, prefix=f"{prefix}{name}__")
-            if nested:
-                overrides[name] = nested
-        elif getattr(args, prefix + name, None) is not None:
-            overrides[name] = getattr(args, prefix + name)
-    return overrides

@@ -56,7 +56,6 @@ if TYPE_CHECKING:  # torch is imported where it runs: `l2s --help` loads this mo
 
 
 class RLRecipe(TaskRecipe):
-    model: str = Field(description="the long-CoT model to start from (a directory or a hub id)")
     iterations: int = Field(10, ge=1, description="RL iterations (sample, then train)")
     problems_per_iteration: int = Field(64, ge=1, description="problems sampled per iteration")
     k: int = Field(8, ge=2, description="samples per problem")

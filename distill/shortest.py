@@ -40,16 +40,14 @@ def run(recipe: ShortestRecipe, out: Path) -> Path:
     model_path = recipe.model_path
     problems, groups = sample_training_problems(recipe)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    examples, lengths, conversational = [], [], None
+    conversational = conversational_keeps_completions(tokenizer, recipe, problems, groups)
+    examples, lengths = [], []
     for problem in problems:
         chosen = shortest_correct(groups[problem.id])
         if chosen is not None:
-            messages = recipe.prompt.messages(problem.question)
-            if conversational is None:
-                conversational = conversational_keeps_completions(tokenizer, messages, chosen.completion)
             examples.append(
                 {
-                    "prompt": training_prompt(tokenizer, messages, conversational),
+                    "prompt": training_prompt(tokenizer, recipe.prompt.messages(problem.question), conversational),
                     "completion": training_completion(chosen.completion, conversational),
                 }
             )

@@ -17,7 +17,6 @@ from l2s.tasks import TaskProblem, load_task
 class TrainedRecipe(TaskRecipe):
     """The settings shortest and dpo share: what to sample (k per problem) and how TRL trains on it."""
 
-    model: str = Field(description="the long-CoT model to start from (a directory or a hub id)")
     k: int = Field(8, ge=2, description="samples per problem")
     num_problems: int = Field(2000, ge=1, description="training problems to sample on (the first N of the task)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
@@ -55,10 +54,13 @@ def sample_training_problems(recipe) -> tuple[list[TaskProblem], dict]:
     return problems, groups
 
 
-def conversational_keeps_completions(tokenizer, messages: list[dict], completion: str) -> bool:
+def conversational_keeps_completions(tokenizer, recipe, problems: list[TaskProblem], groups: dict) -> bool:
     """Whether the chat template renders prompt + assistant turn as the generation prompt followed by the
-    completion, verbatim. Not so for templates that open the reasoning block in the prompt (DeepSeek-R1) or drop
-    reasoning from assistant turns (R1, Qwen3): training on their conversational form would learn another text."""
+    completion, verbatim (tried on the first problem's first sample). Not so for templates that open the reasoning
+    block in the prompt (DeepSeek-R1) or drop reasoning from assistant turns (R1, Qwen3): training on their
+    conversational form would learn another text."""
+    messages = recipe.prompt.messages(problems[0].question)
+    completion = groups[problems[0].id][0].completion
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     whole = tokenizer.apply_chat_template(
         messages + [{"role": "assistant", "content": completion}], add_generation_prompt=False, tokenize=False

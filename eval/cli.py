@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from l2s.flags import add_recipe_flags, recipe_overrides
 from l2s.generation import EngineSettings
 from l2s.tasks import PromptPolicy
 
@@ -43,7 +44,7 @@ class EvalOptions(BaseModel):
         return PromptPolicy(system_prompt=self.system_prompt, instruction=self.instruction)
 
 
-ENGINE_FLAGS = ("dtype", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "kv_cache_gib")
+ENGINE_FLAGS_SKIPPED = ("max_num_seqs", "seed")  # the engine's seed is the run's --seed
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,10 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="output directory (rerunning with the same arguments resumes)")
     engine = parser.add_argument_group("offline engine (default: from the model and the hardware)")
-    for name in ENGINE_FLAGS:
-        info = EngineSettings.model_fields[name]
-        kind = {"dtype": str, "max_model_len": int, "gpu_memory_utilization": float}.get(name, int)
-        engine.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=info.description)
+    add_recipe_flags(engine, EngineSettings, skip=ENGINE_FLAGS_SKIPPED)
 
 
 def _conditions(args: EvalOptions):
@@ -144,9 +142,9 @@ def _reference(args: EvalOptions, names: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    engine = {name: getattr(args, name) for name in ENGINE_FLAGS if getattr(args, name) is not None}
+    engine = EngineSettings(**recipe_overrides(args, EngineSettings, skip=ENGINE_FLAGS_SKIPPED))
     options = {name: getattr(args, name) for name in EvalOptions.model_fields if name != "engine"}
-    return evaluate(EvalOptions(**options, engine=EngineSettings(**engine)))
+    return evaluate(EvalOptions(**options, engine=engine))
 
 
 def evaluate(args: EvalOptions) -> int:

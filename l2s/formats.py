@@ -90,15 +90,12 @@ class SplitCompletion:
     answer: str
     reasoning_tokens: int
     answer_tokens: int
-    closed: bool  # the reasoning ended (always, for a model or a request without reasoning)
+    closed: bool  # the reasoning ended (always, for a model without reasoning)
 
 
-def split_completion(
-    fmt: ReasoningFormat, text: str, token_ids: Sequence[int], thinking_off: bool = False
-) -> SplitCompletion:
-    """A completion's reasoning and answer, text and tokens, in `fmt` (`thinking_off`: the template was told not
-    to think, so the completion is all answer)."""
-    if not fmt.reasons or thinking_off:
+def split_completion(fmt: ReasoningFormat, text: str, token_ids: Sequence[int]) -> SplitCompletion:
+    """A completion's reasoning and answer, text and tokens, in `fmt`."""
+    if not fmt.reasons:
         return SplitCompletion("", text, 0, len(token_ids), True)
     ids = split_token_ids(token_ids, fmt.start_id, fmt.end_id, start_in_prompt=fmt.start_in_prompt)
     parts = split_text(text, fmt.markers)

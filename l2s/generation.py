@@ -36,13 +36,18 @@ class EngineSettings(BaseModel):
     seed: int = 0
 
 
-def _on_gpu() -> bool:
+def on_gpu() -> bool:
     try:
         import torch
 
         return torch.cuda.is_available()
     except ImportError:
         return False
+
+
+def engine_dtype(dtype: str) -> str:
+    """The dtype to hand vLLM: on the CPU, "auto" would let it cast a float32 checkpoint (the lab's) to 16 bits."""
+    return "float32" if dtype == "auto" and not on_gpu() else dtype
 
 
 def model_max_length(model_dir: Path) -> int | None:
@@ -79,21 +84,19 @@ def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings
 
     model_dir = resolve_model(model_dir)
     fmt = detect_format(AutoTokenizer.from_pretrained(model_dir))
-    gpu = _on_gpu()
+    gpu = on_gpu()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
     from vllm import LLM  # imported here: importing vLLM is slow and most commands do not need it
 
-    # on the CPU, "auto" would let vLLM cast a float32 checkpoint (the lab's) to 16 bits
-    dtype = "float32" if settings.dtype == "auto" and not gpu else settings.dtype
     max_model_len = settings.max_model_len or model_max_length(model_dir)
     if gpu:
         hardware = {"gpu_memory_utilization": settings.gpu_memory_utilization}
         hardware["tensor_parallel_size"] = settings.tensor_parallel_size
     else:
         hardware = cpu_scheduling(max_model_len or 8192)
-    return LLM(
+    engine = LLM(
         model=str(model_dir),
-        dtype=dtype,
+        dtype=engine_dtype(settings.dtype),
         max_model_len=max_model_len,
         max_num_seqs=settings.max_num_seqs,
         seed=settings.seed,
@@ -102,6 +105,8 @@ def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings
         worker_extension_cls=WORKER_EXTENSION,  # lets RL load each new policy in place (l2s/inplace_reload.py)
         **hardware,
     )
+    engine._l2s_format = fmt  # what `engine_format` hands out: detected once, before the engine was built
+    return engine
 
 
 def reasoning_config(fmt: ReasoningFormat) -> dict | None:
@@ -128,7 +133,7 @@ def cpu_scheduling(max_model_len: int) -> dict:
     offset") as soon as a seeded request's prefill is split. Without chunked prefill no prompt is split.
     On CUDA the defaults stay.
     """
-    if _on_gpu():
+    if on_gpu():
         return {}
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 8192)}
 

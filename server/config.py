@@ -152,17 +152,16 @@ def auto_policy_from_cards(variants: list[VariantConfig]) -> AutoPolicy:
     (`evaluation`: accuracy and mean reasoning tokens): unbudgeted requests go to the most accurate variant (else
     the one whose card says role long), requests with a budget up to its `low` effort to the variant that
     reasons least. A calibration file (`l2s serve --calibration`) takes over from both."""
+    cards = {variant.name: read_card(variant.path) or {} for variant in variants}
     measured = []
     for variant in variants:
-        evaluation = ((read_card(variant.path) or {}) if variant.path.is_dir() else {}).get("evaluation") or {}
+        evaluation = cards[variant.name].get("evaluation") or {}
         if "accuracy" in evaluation and "mean_reasoning_tokens" in evaluation:
             measured.append((variant, evaluation["accuracy"], evaluation["mean_reasoning_tokens"]))
     if measured:
         default = max(measured, key=lambda m: (m[1], -m[2]))[0]
     else:
-        default = next(
-            (v for v in variants if ((read_card(v.path) or {}) if v.path.is_dir() else {}).get("role") == "long"), None
-        )
+        default = next((v for v in variants if cards[v.name].get("role") == "long"), None)
     if default is None:
         return AutoPolicy()
     rules = []

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from l2s.formats import PLAIN, ReasoningFormat, detect_format
-from l2s.generation import cpu_scheduling, model_max_length, reasoning_config
+from l2s.generation import cpu_scheduling, engine_dtype, model_max_length, on_gpu, reasoning_config
 from l2s.reasoning import PlainStream, ReasoningMarkers, ReasoningStream
 from server.config import VariantConfig
 
@@ -39,15 +39,6 @@ class GenerationParams:
     stop: list[str]
     presence_penalty: float
     frequency_penalty: float
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 class VariantEngine:
@@ -107,7 +98,7 @@ class VariantEngine:
         args = AsyncEngineArgs(
             model=str(self.variant.path),
             served_model_name=[self.variant.name],
-            dtype="float32" if settings.dtype == "auto" and not _cuda_available() else settings.dtype,
+            dtype=engine_dtype(settings.dtype),
             max_model_len=self.max_model_len,
             max_num_seqs=settings.max_num_seqs,
             tensor_parallel_size=settings.tensor_parallel_size,
@@ -115,7 +106,7 @@ class VariantEngine:
             reasoning_config=reasoning_config(self.format),
             enable_prefix_caching=True,
             disable_log_stats=True,
-            **({"gpu_memory_utilization": settings.gpu_memory_utilization} if _cuda_available() else {}),
+            **({"gpu_memory_utilization": settings.gpu_memory_utilization} if on_gpu() else {}),
             **cpu_scheduling(self.max_model_len or 8192),  # keeps seeded requests from killing a CPU engine
         )
         # Building the engine blocks (it starts worker processes and loads weights): keep the loop free.

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from distill.dpo import DPORecipe
-from distill.recipe import RecipeError, add_recipe_flags, recipe_overrides
+from distill.recipe import RecipeError
 from distill.rl import RLRecipe
 from distill.shortest import ShortestRecipe
+from l2s.flags import add_recipe_flags, recipe_overrides
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 KINDS = {"rl": RLRecipe, "shortest": ShortestRecipe, "dpo": DPORecipe}
