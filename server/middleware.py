@@ -13,7 +13,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import APIError, error_response
 
-OPEN_PATHS = {"/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+OPEN_PATHS = {"/", "/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+OPEN_PREFIXES = ("/playground",)  # a static page: the key it asks for guards the API calls it makes
 
 
 class RefuseWhileDraining:
@@ -30,13 +31,15 @@ class RefuseWhileDraining:
 
 
 class RequireAPIKey:
-    """401 unless `Authorization: Bearer <key>`, on every path but the open ones (health, metrics, docs)."""
+    """401 unless `Authorization: Bearer <key>`, on every path but the open ones (health, metrics, docs, the
+    playground page)."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app, self.expected = app, f"Bearer {api_key}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
             given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
             if not hmac.compare_digest(given, self.expected):  # constant time
                 error = APIError(401, "Incorrect API key provided", code="invalid_api_key")

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from l2s.cards import read_card
+from server.budgets import as_budget, effort_budget
 from server.errors import APIError
 from server.protocol import ChatCompletionRequest, now
 
@@ -45,6 +46,12 @@ async def list_models(request: Request) -> dict:
                 "created": now(),
                 "owned_by": "long2short",
                 "max_model_len": engine.max_model_len,
+                # long2short's own fields: what a budget or an effort means on this variant
+                "max_thinking_tokens": as_budget(engine.variant.max_thinking_tokens),
+                "efforts": {
+                    effort: effort_budget(engine.variant, effort, service.calibration)
+                    for effort in ("none", "low", "medium", "high")
+                },
                 "card": {key: card.get(key) for key in ("role", "method", "parents", "evaluation", "recipe_hash")},
                 "calibration": calibration.get(name),
             }
