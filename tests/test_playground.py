@@ -8,6 +8,7 @@ to the test's temporary directory."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -15,10 +16,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import start_server
+
+from l2s.local_server import stop_server, wait_healthy
 
 pytestmark = pytest.mark.slow
 
 QUESTION = "What is 33+22+67+48?"
+KEY = "playground-test-key"
+CALIBRATION = Path(__file__).resolve().parent.parent / "results" / "lab-eval" / "calibration.json"
 PANES = [("lab-long", "unlimited", None), ("lab-long", "budget", 32), ("lab-short", "unlimited", None)]
 PHONE_WIDTH = 375
 
@@ -112,7 +118,6 @@ def test_compare_panes_match_the_api(browser, server_url, client, screenshots):
     labels = page.locator("#chart text").all_text_contents()
     assert "lab-long" in labels and "lab-short" in labels
     assert page.locator("#chart circle.in-use").count() >= 2
-    page.screenshot(path=str(screenshots / "playground-evaluation.png"), full_page=True)
 
     # A phone: the panes stack, nothing is wider than the screen.
     page.click("#tab-compare")
@@ -160,6 +165,36 @@ def test_errors_show_the_api_message_and_stop_aborts(browser, server_url):
     if changed["200"]:
         print("the stream had ended before Stop reached the server (a loaded machine)")
     page.close()
+
+
+def test_api_key_and_calibration(browser, lab_models, screenshots):
+    """A server with a key: the page asks for it and sends it; with --calibration the evaluation view draws each
+    variant's measured budgets as a curve."""
+    process, base_url, log_path = start_server(lab_models, "--api-key", KEY, "--calibration", str(CALIBRATION))
+    try:
+        wait_healthy(base_url, process)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(base_url)
+        page.wait_for_selector("#key-row:not([hidden])")
+        assert "API key" in page.text_content("#status")
+        page.fill("#api-key", KEY)
+        page.press("#api-key", "Enter")
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        set_panes(page, [("lab-long", "effort:low", None), ("auto", "budget", 0)])
+        ask(page, QUESTION)
+        results = pane_results(page)
+        assert [r["state"] for r in results] == ["done", "done"], results
+        assert results[1]["servedBy"] in ("lab-long", "lab-short") and "auto picked" in results[1]["stats"]
+
+        page.click("#tab-evaluation")
+        hosted = json.loads(CALIBRATION.read_text())["variants"]
+        budgets = sum(len(hosted[name]["budgets"]) for name in ("lab-long", "lab-short"))
+        assert page.locator("#chart polyline").count() == 2  # one curve per hosted variant
+        assert page.locator("#chart circle").count() == budgets + 2  # its budgets, and its card's point
+        page.screenshot(path=str(screenshots / "playground-evaluation.png"), full_page=True)
+        page.close()
+    finally:
+        stop_server(process)
 
 
 def _requests(server_url: str, variant: str) -> dict[str, float]:

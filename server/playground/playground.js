@@ -315,7 +315,7 @@ function evaluationPoints() {
 
 function renderEvaluation() {
   const points = evaluationPoints();
-  const used = inUse();
+  const inUseNow = inUse();
   const svg = $("#chart");
   const W = 720, H = 380, left = 52, right = 16, top = 16, bottom = 44;
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
@@ -342,15 +342,28 @@ function renderEvaluation() {
     const path = list.map((p) => `${x(p.tokens)},${y(p.accuracy)}`).join(" ");
     parts.push(`<polyline points="${path}" fill="none" stroke="${list[0].color}" stroke-opacity=".5"/>`);
   }
+  const budgetLabels = {}; // budgets measured at the same spot share one label ("0, 32, 64")
+  for (const p of points.filter((p) => p.source === "calibration")) {
+    const spot = `${p.id}|${Math.round(x(p.tokens))}|${Math.round(y(p.accuracy))}`;
+    (budgetLabels[spot] ||= []).push(p.label);
+  }
   for (const p of points) {
-    const ring = used.has(p.id) ? ' class="in-use"' : "";
-    const r = p.source === "card" ? 7 : 4;
-    parts.push(`<circle cx="${x(p.tokens)}" cy="${y(p.accuracy)}" r="${used.has(p.id) ? r + 2 : r}" fill="${p.color}"${ring}>` +
-      `<title>${escapeHtml(p.id)} ${p.source === "card" ? "(card)" : `budget ${p.label}`}: ` +
-      `${(p.accuracy * 100).toFixed(1)}% at ${p.tokens.toFixed(1)} tokens</title></circle>`);
-    if (p.source === "card") {
-      parts.push(`<text x="${x(p.tokens) + 10}" y="${y(p.accuracy) - 8}">${escapeHtml(p.label)}</text>`);
+    const card = p.source === "card";
+    const used = inUseNow.has(p.id);
+    const r = card ? (used ? 9 : 7) : used ? 5 : 4;
+    parts.push(`<circle cx="${x(p.tokens)}" cy="${y(p.accuracy)}" r="${r}" fill="${p.color}"` +
+      `${card && used ? ' class="in-use"' : ""}><title>${escapeHtml(p.id)} ` +
+      `${card ? "(card)" : `budget ${p.label}`}: ${(p.accuracy * 100).toFixed(1)}% at ${p.tokens.toFixed(1)} tokens` +
+      "</title></circle>");
+    if (card) {
+      parts.push(`<text x="${x(p.tokens) + 12}" y="${y(p.accuracy) - 8}">${escapeHtml(p.label)}</text>`);
+      continue;
     }
+    const spot = `${p.id}|${Math.round(x(p.tokens))}|${Math.round(y(p.accuracy))}`;
+    if (!budgetLabels[spot]) continue; // labelled already
+    parts.push(`<text class="budget-label" x="${x(p.tokens) + 7}" y="${y(p.accuracy) + 14}">` +
+      `${escapeHtml(budgetLabels[spot].join(", "))}</text>`);
+    delete budgetLabels[spot];
   }
   if (!points.length) {
     parts.push(`<text x="${W / 2}" y="${H / 2}" text-anchor="middle">No variant has a measured evaluation ` +
@@ -360,7 +373,7 @@ function renderEvaluation() {
   const rows = points.filter((p) => p.source === "card");
   $("#evaluation-table tbody").replaceChildren(...rows.map((p) => {
     const tr = document.createElement("tr");
-    if (used.has(p.id)) tr.className = "in-use";
+    if (inUseNow.has(p.id)) tr.className = "in-use";
     for (const value of [p.id, p.role || "", p.method || "", `${(p.accuracy * 100).toFixed(1)}%`,
       p.tokens.toFixed(1), "card"]) {
       const td = document.createElement("td");
