@@ -16,5 +16,11 @@ COPY configs configs
 # dependencies first (cached layer), then the embedded default models (built once, at image build time)
 RUN make deps VLLM="${VLLM}" TORCH="${TORCH}"
 RUN make lab
+# Serve as an unprivileged user. The API key comes from the environment (docker run -e L2S_API_KEY=...), never
+# the command line, where `ps` would show it. /health, /metrics, /docs, /openapi.json and the playground page
+# stay open without the key (the playground's own API calls need it).
+RUN useradd --create-home --uid 10001 l2s && chown -R l2s /app
+USER l2s
+ENV L2S_HOME=/app
 EXPOSE 8000
 CMD [".venv/bin/l2s", "serve", "--models-dir", "models", "--host", "0.0.0.0", "--port", "8000"]

@@ -187,7 +187,13 @@ def _dpo(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from distill.recipe import RecipeError
     from l2s.models import ModelNotFound
+    from l2s.registry import check_variant_name
 
+    if getattr(args, "register", False):  # before any work: the output's name is the served model id
+        try:
+            check_variant_name(Path(args.out).name)
+        except ValueError as error:
+            raise SystemExit(f"--register: {error}") from None
     try:
         return args.method_handler(args)
     except (RecipeError, ModelNotFound) as error:

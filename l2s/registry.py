@@ -4,22 +4,41 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import yaml
 
 from l2s.home import registry_path
 
+logger = logging.getLogger("l2s.registry")
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # what `l2s serve` accepts as a model id
+
 
 def registered_variants(path: Path | None = None) -> dict[str, str]:
-    """name -> model directory."""
+    """name -> model directory. An entry `l2s serve` could not host (a bad name, `auto`) is skipped with a warning
+    naming it, so one bad line cannot stop a server from starting."""
     path = path or registry_path()
     if not path.is_file():
         return {}
-    return dict((yaml.safe_load(path.read_text()) or {}).get("variants", {}))
+    variants = {}
+    for name, model_dir in dict((yaml.safe_load(path.read_text()) or {}).get("variants", {})).items():
+        if not isinstance(name, str) or not VARIANT_NAME.match(name) or name == "auto":
+            logger.warning("%s: skipping the entry %r: not a valid variant name", path, name)
+            continue
+        variants[name] = str(model_dir)
+    return variants
+
+
+def check_variant_name(name: str) -> str:
+    if not VARIANT_NAME.match(name) or name == "auto":
+        raise ValueError(f"{name!r} cannot be a served model id: letters, digits, '.', '_' and '-', not 'auto'")
+    return name
 
 
 def register_variant(name: str, model_dir: str | Path, path: Path | None = None) -> None:
+    check_variant_name(name)
     path = path or registry_path()
     variants = registered_variants(path)
     variants[name] = str(Path(model_dir).resolve())

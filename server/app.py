@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import os
-import signal
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -16,11 +13,10 @@ from fastapi.staticfiles import StaticFiles
 from server.budgets import Calibration
 from server.config import ServerConfig
 from server.errors import install_error_handlers
-from server.middleware import RefuseWhileDraining, RequireAPIKey
+from server.middleware import LimitBody, RefuseWhileDraining, RequireAPIKey
 from server.routes import router
 from server.service import ChatService
 
-logger = logging.getLogger("l2s.server")
 PLAYGROUND = Path(__file__).parent / "playground"
 
 
@@ -30,8 +26,8 @@ def build_app(config: ServerConfig, calibration: Calibration | None = None, api_
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         # Engines load in the background: /health answers 503 until every one is ready.
-        loading = asyncio.create_task(service.start())
-        loading.add_done_callback(_log_failure)
+        loading = asyncio.create_task(service.start())  # then watches the engines until shutdown
+        loading.add_done_callback(lambda task: _exit_on_failure(task, service))
         try:
             yield
         finally:
@@ -52,18 +48,20 @@ def build_app(config: ServerConfig, calibration: Calibration | None = None, api_
     app.mount("/playground", StaticFiles(directory=PLAYGROUND, html=True), name="playground")
     app.add_api_route("/", lambda: RedirectResponse("/playground/"), include_in_schema=False)
 
-    # Added last, runs first: a draining server refuses before it checks keys.
+    # Added last, runs first: a body too large is refused first, then a draining server refuses before it
+    # checks keys.
     if api_key:
         app.add_middleware(RequireAPIKey, api_key=api_key)
     app.add_middleware(RefuseWhileDraining, service=service)
+    app.add_middleware(LimitBody, max_bytes=config.max_body_bytes)
     return app
 
 
-def _log_failure(task: asyncio.Task) -> None:
-    """An engine that cannot start leaves nothing to serve: say why and stop, rather than answer 503 forever."""
+def _exit_on_failure(task: asyncio.Task, service: ChatService) -> None:
+    """An engine that cannot start leaves nothing to serve: say why and exit non-zero, rather than answer 503
+    forever."""
     if not task.cancelled() and task.exception() is not None:
-        logger.error("engine start-up failed: %s", task.exception())
-        os.kill(os.getpid(), signal.SIGTERM)
+        service.exit_failed(f"engine start-up failed: {task.exception()}")
 
 
 __all__ = ["build_app"]

@@ -43,7 +43,11 @@ def run(args: argparse.Namespace) -> int:
     from server.config import ServerConfig
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = ServerConfig.load(args.config if args.config and Path(args.config).is_file() else None, args.models_dir)
+    if args.config and not Path(args.config).is_file():
+        if args.config != str(DEFAULT_CONFIG):  # a path the user typed: a typo must not start a default server
+            raise SystemExit(f"--config {args.config}: no such file")
+        args.config = None
+    config = ServerConfig.load(args.config, args.models_dir)
     if not config.variants:
         raise SystemExit(f"no models to serve: none in {args.models_dir} and none in the config (run `l2s lab build`)")
     calibration = Calibration.load(args.calibration) if args.calibration else None
@@ -66,8 +70,12 @@ def run(args: argparse.Namespace) -> int:
             port=args.port,
             log_level=args.log_level,
             timeout_graceful_shutdown=config.shutdown_grace_seconds,
+            timeout_keep_alive=config.keep_alive_seconds,
         )
     )
     logging.getLogger("l2s.server").info("serving %s on http://%s:%d", ", ".join(service.engines), args.host, args.port)
     server.run()
+    if service.fatal:  # an engine failed for good: a supervisor should restart the server
+        logging.getLogger("l2s.server").error("exiting with status 1: %s", service.fatal)
+        return 1
     return 0

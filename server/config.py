@@ -111,6 +111,19 @@ class ServerConfig(Strict):
     defaults: VariantConfig | None = None  # engine/effort settings for variants found in the models dir
     auto: AutoPolicy = AutoPolicy()
     shutdown_grace_seconds: float = Field(10.0, ge=0)
+    max_engine_restarts: int = Field(
+        3,
+        ge=0,
+        description="restarts in place of a variant whose engine died; one more death and the server exits "
+        "non-zero, for its supervisor to restart it",
+    )
+    max_body_bytes: int = Field(4 * 2**20, gt=0, description="larger request bodies are refused with 413")
+    keep_alive_seconds: float = Field(
+        75.0,
+        gt=0,
+        description="how long an idle connection stays open; above the usual 60 s of clients' pools and load "
+        "balancers, so the server is never the side that closes a connection a client is about to reuse",
+    )
 
     @classmethod
     def load(cls, path: str | Path | None, models_dir: str | Path | None) -> ServerConfig:

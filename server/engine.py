@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from l2s.formats import PLAIN, ReasoningFormat, detect_format
 from l2s.generation import cpu_scheduling, engine_dtype, model_max_length, on_gpu, reasoning_config
@@ -39,6 +40,11 @@ class GenerationParams:
     stop: list[str]
     presence_penalty: float
     frequency_penalty: float
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
 
 
 class VariantEngine:
@@ -49,7 +55,11 @@ class VariantEngine:
         self.max_model_len = variant.engine.max_model_len  # the model's own, when not set, once it starts
         self.engine = None
         self.tokenizer = None
-        self.in_flight = 0  # requests admitted and not finished (running + waiting in the engine)
+        self.in_flight = 0  # sequences admitted and not finished (running + waiting in the engine)
+        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tokenize-{variant.name}")
+        self.restarts = 0  # restarts in place after the engine died
+        self.restarting = False
+        self.failed = False  # died with no restart left
 
     @property
     def name(self) -> str:
@@ -57,7 +67,20 @@ class VariantEngine:
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None
+        return self.engine is not None and not self.engine.errored
+
+    @property
+    def dead(self) -> bool:
+        """vLLM's own verdict: its monitor thread saw the engine process exit, or its output loop failed."""
+        return self.engine is not None and self.engine.errored
+
+    @property
+    def status(self) -> str:
+        if self.ready:
+            return "ready"
+        if self.dead or self.failed:
+            return "dead"
+        return "restarting" if self.restarting else "loading"
 
     @property
     def running(self) -> int:
@@ -67,8 +90,25 @@ class VariantEngine:
     def waiting(self) -> int:
         return max(0, self.in_flight - self.variant.engine.max_num_seqs)
 
-    def has_room(self) -> bool:
-        return self.in_flight < self.variant.engine.max_num_seqs + self.variant.max_waiting
+    def reserve(self, sequences: int) -> bool:
+        """Admit a request of `sequences` choices if the engine's slots and queue have room for them all."""
+        if self.in_flight + sequences > self.variant.engine.max_num_seqs + self.variant.max_waiting:
+            return False
+        self.in_flight += sequences
+        return True
+
+    def release(self, sequences: int) -> None:
+        self.in_flight -= sequences
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.model_config.get_vocab_size()
+
+    async def tokenize(self, messages: list[dict], template_kwargs: dict | None = None) -> list[int]:
+        """`prompt_ids` on this engine's one tokenizer thread: off the event loop, and never two calls at once
+        (a fast tokenizer is not safe to share between threads)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizer_thread, self.prompt_ids, messages, template_kwargs)
 
     def detect_format(self) -> ReasoningFormat:
         """The variant's reasoning format, from its config and its tokenizer (ValueError: refused at startup)."""
@@ -154,6 +194,11 @@ class VariantEngine:
                 presence_penalty=params.presence_penalty,
                 frequency_penalty=params.frequency_penalty,
                 thinking_token_budget=params.thinking_token_budget,
+                logit_bias=params.logit_bias or None,
+                ignore_eos=params.ignore_eos,
+                min_tokens=params.min_tokens,
+                min_p=params.min_p,
+                repetition_penalty=params.repetition_penalty,
                 output_kind=RequestOutputKind.DELTA,
                 skip_special_tokens=True,
             )
@@ -167,30 +212,26 @@ class VariantEngine:
         n = sampling.n
         splitters = [self.splitter(thinking_off) for _ in range(n)]
         generated = [0] * n  # every generated token, end-of-sequence included (as vLLM's own usage counts)
-        self.in_flight += 1
-        try:
-            # aclosing: when our caller stops early, vLLM's generator is closed at once, which aborts the request
-            outputs = self.engine.generate({"prompt_token_ids": prompt_ids}, sampling, request_id)
-            async with contextlib.aclosing(outputs):
-                async for output in outputs:
-                    for choice in output.outputs:
-                        splitter = splitters[choice.index]
-                        generated[choice.index] += len(choice.token_ids)
-                        token_ids = [t for t in choice.token_ids if t != self.tokenizer.eos_token_id]
-                        reasoning, answer = splitter.feed(choice.text, token_ids)
-                        if choice.finish_reason is not None:
-                            tail_reasoning, tail_answer = splitter.flush()
-                            reasoning, answer = reasoning + tail_reasoning, answer + tail_answer
-                        yield (
-                            choice.index,
-                            Chunk(
-                                reasoning=reasoning,
-                                answer=answer,
-                                reasoning_tokens=splitter.reasoning_tokens,
-                                answer_tokens=splitter.answer_tokens,
-                                completion_tokens=generated[choice.index],
-                                finish_reason=choice.finish_reason,
-                            ),
-                        )
-        finally:
-            self.in_flight -= 1
+        # aclosing: when our caller stops early, vLLM's generator is closed at once, which aborts the request
+        outputs = self.engine.generate({"prompt_token_ids": prompt_ids}, sampling, request_id)
+        async with contextlib.aclosing(outputs):
+            async for output in outputs:
+                for choice in output.outputs:
+                    splitter = splitters[choice.index]
+                    generated[choice.index] += len(choice.token_ids)
+                    token_ids = [t for t in choice.token_ids if t != self.tokenizer.eos_token_id]
+                    reasoning, answer = splitter.feed(choice.text, token_ids)
+                    if choice.finish_reason is not None:
+                        tail_reasoning, tail_answer = splitter.flush()
+                        reasoning, answer = reasoning + tail_reasoning, answer + tail_answer
+                    yield (
+                        choice.index,
+                        Chunk(
+                            reasoning=reasoning,
+                            answer=answer,
+                            reasoning_tokens=splitter.reasoning_tokens,
+                            answer_tokens=splitter.answer_tokens,
+                            completion_tokens=generated[choice.index],
+                            finish_reason=choice.finish_reason,
+                        ),
+                    )

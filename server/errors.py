@@ -40,6 +40,14 @@ class APIError(Exception):
         self.status, self.message, self.code, self.param, self.retry_after = status, message, code, param, retry_after
 
 
+class BodyTooLarge(Exception):
+    """A request body over the server's limit (server/middleware.py answers 413)."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"the request body is larger than {limit} bytes")
+        self.limit = limit
+
+
 def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict:
     return {
         "error": {
@@ -75,6 +83,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        cause = (exc.errors()[0].get("ctx") or {}).get("error") if exc.errors() else None
+        if getattr(cause, "unsupported_parameter", None):  # protocol.UnsupportedParameter
+            return error_response(APIError(400, str(cause), code="unsupported_parameter", param=cause.name))
         message, param = _validation_message(exc)
         return error_response(APIError(400, message, code="invalid_request", param=param))
 

@@ -58,6 +58,15 @@ class ServerMetrics:
         self.waiting = Gauge(
             "l2s_waiting_requests", "Requests admitted but waiting for an engine slot", labels, registry=self.registry
         )
+        self.engine_deaths = Counter(
+            "l2s_engine_deaths",
+            "Times a variant's vLLM engine died (its process exited)",
+            labels,
+            registry=self.registry,
+        )
+        self.engine_restarts = Counter(
+            "l2s_engine_restarts", "Times a variant's engine was restarted in place", labels, registry=self.registry
+        )
         self.refused = Counter(
             "l2s_refused_requests",
             "Requests refused because a variant's queue was full",

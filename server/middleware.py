@@ -1,4 +1,5 @@
-"""The server's two gates, as plain ASGI middleware: refuse new work while draining, and check the API key.
+"""The server's gates, as plain ASGI middleware: bound the request body, refuse new work while draining, and
+check the API key.
 
 Plain ASGI rather than `@app.middleware("http")`: Starlette's `BaseHTTPMiddleware` wraps every response body
 in a memory stream and a task group, a cost paid on each chunk of every streamed completion. These gates look
@@ -11,7 +12,7 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.errors import APIError, error_response
+from server.errors import APIError, BodyTooLarge, error_response
 
 OPEN_PATHS = {"/", "/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 OPEN_PREFIXES = ("/playground",)  # a static page: the key it asks for guards the API calls it makes
@@ -45,3 +46,39 @@ class RequireAPIKey:
                 error = APIError(401, "Incorrect API key provided", code="invalid_api_key")
                 return await error_response(error)(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+class LimitBody:
+    """413 for a body over `max_bytes`: at once when its Content-Length says so, and otherwise as soon as the
+    bytes read pass the limit (a chunked upload), so a huge body is never held in memory whole."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            error = APIError(413, str(BodyTooLarge(self.max_bytes)), code="request_too_large")
+            return await error_response(error)(scope, receive, send)
+        received, refused = 0, False
+
+        async def limited_receive() -> dict:
+            # Past the limit: answer 413 here, and tell the app its client left, so it stops reading.
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request" and not refused:
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    refused = True
+                    error = APIError(413, str(BodyTooLarge(self.max_bytes)), code="request_too_large")
+                    await error_response(error)(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def send_unless_refused(message: dict) -> None:
+            if not refused:  # after a 413, whatever the app answers goes nowhere
+                await send(message)
+
+        await self.app(scope, limited_receive, send_unless_refused)

@@ -1,8 +1,12 @@
 """OpenAI chat-completions request and response models.
 
-Fields follow the OpenAI spec's order; the extensions are in a labelled block. Unknown fields are accepted
-and ignored (clients send many), but every field we act on is validated here, so a bad request fails with a
-400 before it reaches an engine.
+Fields follow the OpenAI spec's order; the extensions are in a labelled block. Every field we act on is
+validated here, strictly (`"16"` and `true` are not integers), within what vLLM accepts, so a bad request fails
+with a 400 before it reaches an engine. A field we do not act on is refused with a 400 naming it
+(`unsupported_parameter`) unless it changes nothing: OpenAI's bookkeeping fields (`user`, `metadata`, `store`,
+...) and any field sent with its "off" value (`null`, `false`, `[]`, `{}`, `logprobs: false`,
+`response_format: {"type": "text"}`, `tool_choice: "none"`). A client that sends a field can trust that it was
+honoured.
 """
 
 from __future__ import annotations
@@ -15,16 +19,40 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 MAX_MESSAGES = 256
 MAX_CONTENT_CHARS = 100_000
+MAX_INT32 = 2**31 - 1  # vLLM's token counts and top_k travel as 32-bit integers
+
+# Fields that change nothing we generate: accepted and ignored, as OpenAI's own server accepts them.
+IGNORED_FIELDS = {
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
+    "parallel_tool_calls",
+}
+# What a field we do not support may be sent as, meaning "off" (besides null).
+OFF_VALUES = {
+    "function_call": ["none"],
+    "logprobs": [False],
+    "top_logprobs": [0],
+    "response_format": [{"type": "text"}],
+    "tool_choice": ["none"],
+}
+
+
+def _is_off(name: str, value: Any) -> bool:
+    return value is None or value is False or value == [] or value == {} or value in OFF_VALUES.get(name, [])
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
 
@@ -35,18 +63,23 @@ class ChatMessage(BaseModel):
             return self.content
         return "".join(part.text for part in self.content)
 
+    def for_template(self) -> dict[str, Any]:
+        """The message as the chat template sees it: its text, and every other field it was sent with
+        (`name`, `tool_calls`, `tool_call_id`, ...), so the template can use or refuse them."""
+        return {**(self.model_extra or {}), "role": self.role, "content": self.text()}
+
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     include_usage: bool = False
 
 
 class ThinkingConfig(BaseModel):
     """Anthropic's `thinking` block, accepted as an alias of `thinking_token_budget`."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     type: Literal["enabled", "disabled"]
-    budget_tokens: int | None = Field(None, ge=0)
+    budget_tokens: int | None = Field(None, ge=0, le=MAX_INT32)
 
 
 Q = "What is 23+58?"
@@ -59,13 +92,14 @@ REQUEST_EXAMPLES = [  # shown in /docs, and what schemathesis starts from to rea
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": REQUEST_EXAMPLES})
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"examples": REQUEST_EXAMPLES})
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     model: str = Field(min_length=1, max_length=256, examples=["lab-long", "lab-short", "auto"])
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    max_tokens: int | None = Field(None, ge=1)
+    logit_bias: dict[str, float] | None = Field(None, description="token id -> bias added to its logit (-100..100)")
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_INT32)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_INT32)
     n: int = Field(1, ge=1, le=16)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
@@ -78,13 +112,20 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = None
 
     # --- long2short extensions ---
-    thinking_token_budget: int | None = Field(None, ge=-1, description="reasoning-token cap; -1 = unlimited")
+    thinking_token_budget: int | None = Field(
+        None, ge=-1, le=MAX_INT32, description="reasoning-token cap; -1 = unlimited"
+    )
     include_reasoning: bool = True
     thinking: ThinkingConfig | None = None  # Anthropic-style alias
     chat_template_kwargs: dict[str, Any] | None = Field(
         None, description="passed to the model's chat template (vLLM's extension), e.g. {'enable_thinking': false}"
     )
-    top_k: int | None = Field(None, ge=-1)
+    top_k: int | None = Field(None, ge=-1, le=MAX_INT32)
+    # vLLM's own sampling extensions (as its OpenAI server accepts them)
+    ignore_eos: bool = False
+    min_tokens: int = Field(0, ge=0, le=MAX_INT32)
+    min_p: float = Field(0.0, ge=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0, le=2)
 
     @field_validator("messages")
     @classmethod
@@ -101,6 +142,25 @@ class ChatCompletionRequest(BaseModel):
         if stop == "" or (isinstance(stop, list) and "" in stop):
             raise ValueError("stop sequences must not be empty")
         return stop
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for token, value in (bias or {}).items():
+            if not token.isdigit() or int(token) > MAX_INT32:
+                raise ValueError(f"logit_bias keys are token ids, got {token[:20]!r}")
+            if not -100 <= value <= 100:
+                raise ValueError("logit_bias values must be between -100 and 100")
+        return bias
+
+    @model_validator(mode="after")
+    def _nothing_dropped(self) -> ChatCompletionRequest:
+        for name, value in (self.model_extra or {}).items():
+            if name not in IGNORED_FIELDS and not _is_off(name, value):
+                raise UnsupportedParameter(name)
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
 
     @model_validator(mode="after")
     def _one_budget(self) -> ChatCompletionRequest:
@@ -123,6 +183,16 @@ class ChatCompletionRequest(BaseModel):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
+class UnsupportedParameter(ValueError):
+    """A field that would change what is generated and that this server does not honour (a 400 naming it)."""
+
+    unsupported_parameter = True
+
+    def __init__(self, name: str):
+        super().__init__(f"{name[:60]!r} is not supported by this server; leave it out (or send null)")
+        self.name = name
+
+
 def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
@@ -141,7 +211,7 @@ def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int) -> 
 
 
 def message(answer: str, reasoning: str | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"role": "assistant", "content": answer}
+    body: dict[str, Any] = {"role": "assistant", "content": answer, "refusal": None}  # OpenAI's schema requires it
     if reasoning is not None:
         body["reasoning_content"] = reasoning
         body["reasoning"] = reasoning

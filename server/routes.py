@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -20,11 +21,14 @@ router = APIRouter()
 @router.get("/health")
 async def health(request: Request) -> Response:
     service = request.app.state.service
+    variants = service.engine_states()  # ready, loading, restarting or dead, per variant
     if service.draining:
-        return JSONResponse({"status": "shutting_down"}, status_code=503)
+        return JSONResponse({"status": "shutting_down", "variants": variants}, status_code=503)
+    if any(state in ("dead", "restarting") for state in variants.values()):
+        return JSONResponse({"status": "engine_dead", "variants": variants}, status_code=503)
     if not service.ready:
-        return JSONResponse({"status": "loading"}, status_code=503)
-    return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "loading", "variants": variants}, status_code=503)
+    return JSONResponse({"status": "ok", "variants": variants})
 
 
 @router.get("/metrics")
@@ -71,10 +75,14 @@ async def list_models(request: Request) -> dict:
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     service = request.app.state.service
-    plan = service.plan(body)
+    plan = await service.plan(body)
     if body.stream:
+        events = service.stream(body, plan)
+        # A stream the server never starts (its client left first) never runs its cleanup: when it is dropped,
+        # the service gives its slots back and counts a client that left.
+        weakref.finalize(events, service.abandoned, plan)
         return StreamingResponse(
-            _until_disconnected(request, service.stream(body, plan)),
+            _until_disconnected(request, events),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )

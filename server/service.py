@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +21,9 @@ from server.errors import APIError, sse_error
 from server.metrics import ServerMetrics
 from server.protocol import ChatCompletionRequest, completion_id, delta, message, now, usage
 
+logger = logging.getLogger("l2s.server")
+WATCH_SECONDS = 0.5  # how often the watchdog looks for dead engines (/health sees a death at once regardless)
+
 
 @dataclass
 class Plan:
@@ -29,6 +35,13 @@ class Plan:
     budget: int | None
     n: int
     thinking_off: bool = False  # the chat template was told not to think: the completion is all content
+
+    reserved: int = 0  # engine slots (sequences) held for this request until it ends
+
+    def release(self) -> None:
+        """Give back the engine slots this request reserved (once; every way a request ends calls it)."""
+        self.engine.release(self.reserved)
+        self.reserved = 0
 
 
 class ChatService:
@@ -43,15 +56,63 @@ class ChatService:
             self.metrics.running.labels(name).set_function(lambda engine=engine: engine.running)
             self.metrics.waiting.labels(name).set_function(lambda engine=engine: engine.waiting)
         self.draining = False
+        self.fatal: str | None = None  # why the server is exiting non-zero
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
         for engine in self.engines.values():  # one at a time: engines starting together fight for the CPU
             await engine.start()
+        await self.watch_engines()
+
+    async def watch_engines(self) -> None:
+        """Notice a dead engine (OOM, segfault, kill -9) and restart it in place, up to `max_engine_restarts`
+        times per variant; past that, exit non-zero so the process supervisor (systemd, Kubernetes) restarts the
+        whole server. Meanwhile /health says 503 naming the variant, and its requests get 503 + Retry-After;
+        the other variants keep serving."""
+        while not self.draining:
+            await asyncio.sleep(WATCH_SECONDS)
+            for engine in self.engines.values():
+                if engine.dead and not self.draining:
+                    await self._recover(engine)
+
+    async def _recover(self, engine: VariantEngine) -> None:
+        self.metrics.engine_deaths.labels(engine.name).inc()
+        logger.error("variant %s: its vLLM engine died", engine.name)
+        await asyncio.to_thread(engine.shutdown)  # reap what is left of it: no process outlives its engine
+        while engine.restarts < self.config.max_engine_restarts and not self.draining:
+            engine.restarts += 1
+            self.metrics.engine_restarts.labels(engine.name).inc()
+            logger.warning(
+                "variant %s: restarting its engine (%d of %d)",
+                engine.name,
+                engine.restarts,
+                self.config.max_engine_restarts,
+            )
+            engine.restarting = True
+            try:
+                await engine.start()
+                return
+            except Exception as error:
+                self.metrics.engine_deaths.labels(engine.name).inc()
+                logger.error("variant %s: the restart failed: %s", engine.name, error)
+                await asyncio.to_thread(engine.shutdown)
+            finally:
+                engine.restarting = False
+        engine.failed = True
+        self.exit_failed(f"variant {engine.name}: its engine died with no restart left")
+
+    def exit_failed(self, reason: str) -> None:
+        """Stop serving and exit non-zero (the SIGTERM drains in-flight requests of the other variants first)."""
+        logger.error("%s: shutting down", reason)
+        self.fatal = reason
+        os.kill(os.getpid(), signal.SIGTERM)
 
     @property
     def ready(self) -> bool:
         return bool(self.engines) and all(engine.ready for engine in self.engines.values())
+
+    def engine_states(self) -> dict[str, str]:
+        return {name: engine.status for name, engine in self.engines.items()}
 
     @property
     def in_flight(self) -> int:
@@ -62,22 +123,46 @@ class ChatService:
             engine.shutdown()
 
     # --- planning ----------------------------------------------------------------------------------------------
-    def plan(self, request: ChatCompletionRequest) -> Plan:
+    async def plan(self, request: ChatCompletionRequest) -> Plan:
+        """Admit the request (reserving its `n` sequences on the engine before anything awaits, so a burst cannot
+        overshoot the queue bound) and prepare what it will run; every refusal is counted by status."""
+        name = request.model
+        if name == "auto" and not self.draining:
+            name = choose_variant(self.config, request.requested_budget(), request.effort(), self.calibration)
+        label = name if name in self.engines else "unknown"  # bounded label values
+        try:
+            engine = self._admit(name, request)
+        except APIError as error:
+            self.metrics.requests.labels(label, str(error.status)).inc()
+            raise
+        try:
+            return await self._prepare(engine, request)
+        except BaseException as error:
+            engine.release(request.n)
+            if isinstance(error, APIError):
+                self.metrics.requests.labels(label, str(error.status)).inc()
+            raise
+
+    def _admit(self, name: str, request: ChatCompletionRequest) -> VariantEngine:
         if self.draining:
             raise APIError(503, "the server is shutting down", code="shutting_down", retry_after=5)
-        if not self.ready:
-            raise APIError(503, "the models are still loading", code="not_ready", retry_after=5)
-        name = request.model
-        if name == "auto":
-            name = choose_variant(self.config, request.requested_budget(), request.effort(), self.calibration)
         engine = self.engines.get(name)
         if engine is None:
             raise APIError(
                 404, f"The model '{request.model[:100]}' does not exist", code="model_not_found", param="model"
             )
-        if not engine.has_room():
+        if not engine.ready:
+            if engine.status == "loading":
+                raise APIError(503, f"the model '{name}' is still loading", code="not_ready", retry_after=5)
+            raise APIError(
+                503, f"the engine of '{name}' died and is restarting", code="engine_unavailable", retry_after=10
+            )
+        if not engine.reserve(request.n):
             self.metrics.refused.labels(name).inc()
             raise APIError(429, f"too many requests waiting for '{name}'", code="queue_full", retry_after=1)
+        return engine
+
+    async def _prepare(self, engine: VariantEngine, request: ChatCompletionRequest) -> Plan:
         variant = engine.variant
         budget = effective_budget(variant, request.requested_budget(), request.effort(), self.calibration)
         template_kwargs = {**variant.chat_template_kwargs, **(request.chat_template_kwargs or {})}
@@ -87,9 +172,9 @@ class ChatService:
         thinking_off = bool(switch) and template_kwargs.get(switch) is False
         if thinking_off or not engine.format.reasons:
             budget = None  # nothing to cap: the completion holds no reasoning
-        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
-        try:
-            prompt_ids = engine.prompt_ids(messages, template_kwargs)
+        messages = [m.for_template() for m in request.messages]
+        try:  # off the event loop: a long prompt must not stall every other stream
+            prompt_ids = await engine.tokenize(messages, template_kwargs)
         except Exception as error:  # the template itself refused these messages or kwargs
             raise APIError(400, f"the chat template failed: {str(error)[:300]}", code="invalid_parameter") from None
         context = engine.max_model_len
@@ -115,7 +200,14 @@ class ChatService:
             stop=stop,
             presence_penalty=request.presence_penalty or 0.0,
             frequency_penalty=request.frequency_penalty or 0.0,
+            logit_bias={int(token): bias for token, bias in (request.logit_bias or {}).items()},
+            ignore_eos=request.ignore_eos,
+            min_tokens=request.min_tokens,
+            min_p=request.min_p,
+            repetition_penalty=request.repetition_penalty,
         )
+        if any(token >= engine.vocab_size for token in params.logit_bias):
+            raise APIError(400, f"logit_bias: token ids must be below {engine.vocab_size}", param="logit_bias")
         try:
             sampling = engine.sampling_params(params, request.n)
         except ValueError as error:  # what vLLM itself rejects (its validation errors are ValueErrors)
@@ -127,7 +219,14 @@ class ChatService:
             budget=budget,
             n=request.n,
             thinking_off=thinking_off,
+            reserved=request.n,
         )
+
+    def abandoned(self, plan: Plan) -> None:
+        """A planned stream that never started (its client left before the response began)."""
+        if plan.reserved:
+            plan.release()
+            self.metrics.requests.labels(plan.engine.name, "499").inc()
 
     # --- running ------------------------------------------------------------------------------------------------
     async def complete(self, request: ChatCompletionRequest, plan: Plan) -> dict:
@@ -144,9 +243,15 @@ class ChatService:
                     texts[index][1] += chunk.answer
                     if chunk.finish_reason is not None:
                         finals[index] = chunk
-        except BaseException:
-            state.finish(ok=False)
+        except Exception as error:
+            failure = _engine_error(plan.engine, error)
+            state.finish(str(failure.status))
+            raise failure from None
+        except BaseException:  # cancelled: the client went away
+            state.finish("499")
             raise
+        finally:
+            plan.release()
         choices = []
         for index, final in enumerate(finals):
             reasoning, answer = texts[index]
@@ -159,7 +264,7 @@ class ChatService:
                     "reasoning_truncated": _truncated(final, plan.budget),
                 }
             )
-        state.finish(ok=True, finals=finals)
+        state.finish("200", finals=finals)
         return {
             "id": completion_id(),
             "object": "chat.completion",
@@ -187,7 +292,7 @@ class ChatService:
             return f"data: {json.dumps(body)}\n\n"
 
         finals: list[Chunk | None] = [None] * plan.n
-        ok = False
+        status = "499"  # unless it ends otherwise: the client went away
         try:
             for index in range(plan.n):
                 yield event(
@@ -218,21 +323,33 @@ class ChatService:
                         yield event([choice])
             if request.stream_options and request.stream_options.include_usage:
                 yield event([], _usage(plan, finals))
-            ok = True
-        except APIError as error:
-            yield sse_error(error)
+            status = "200"
         except (asyncio.CancelledError, GeneratorExit):
             raise
-        except Exception:  # the engine failed mid-stream: tell the client in-band, then end the stream
-            yield sse_error(APIError(500, "generation failed", code="internal_error"))
+        except Exception as error:  # the engine failed mid-stream: tell the client in-band, then end the stream
+            failure = _engine_error(plan.engine, error)
+            status = str(failure.status)
+            yield sse_error(failure)
         finally:
-            state.finish(ok=ok, finals=finals)
+            plan.release()
+            state.finish(status, finals=finals)
         yield "data: [DONE]\n\n"
 
 
+def _engine_error(engine: VariantEngine, error: Exception) -> APIError:
+    """What a client is told when its generation failed: 503 (retry) if the engine died under it."""
+    if isinstance(error, APIError):
+        return error
+    if engine.dead or type(error).__name__ == "EngineDeadError":
+        return APIError(503, f"the engine of '{engine.name}' died; retry", code="engine_unavailable", retry_after=10)
+    logger.exception("variant %s: generation failed", engine.name)
+    return APIError(500, "generation failed", code="internal_error")
+
+
 def _truncated(final: Chunk | None, budget: int | None) -> bool:
-    """Whether the budget ended the reasoning: it reached the cap (vLLM then forces the end marker)."""
-    return final is not None and budget is not None and final.reasoning_tokens >= budget
+    """Whether the budget ended the reasoning: it reached the cap (vLLM then forces the end marker). A budget of 0
+    cuts nothing: there was no reasoning to cut."""
+    return final is not None and bool(budget) and final.reasoning_tokens >= budget
 
 
 def _usage(plan: Plan, finals: list[Chunk | None]) -> dict:
@@ -262,11 +379,11 @@ class _Tracker:
             self.first_answer = True
             self.metrics.time_to_first_answer_token.labels(self.name).observe(elapsed)
 
-    def finish(self, ok: bool, finals: list[Chunk | None] | None = None) -> None:
+    def finish(self, status: str, finals: list[Chunk | None] | None = None) -> None:
         if self.done:
             return
         self.done = True
-        self.metrics.requests.labels(self.name, "200" if ok else "499").inc()
+        self.metrics.requests.labels(self.name, status).inc()
         self.metrics.latency.labels(self.name).observe(time.perf_counter() - self.started)
         for final in finals or []:
             if final is None:
