@@ -33,7 +33,8 @@ def build_app(config: ServerConfig, calibration: Calibration | None = None, api_
         finally:
             service.draining = True
             loading.cancel()
-            service.shutdown()
+            await asyncio.gather(loading, return_exceptions=True)  # let it note an engine still being built
+            service.shutdown()  # which waits for such a build and stops its engine
 
     app = FastAPI(
         title="long2short",

@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
     import os
 
     import uvicorn
@@ -56,12 +57,26 @@ def run(args: argparse.Namespace) -> int:
     service = app.state.service
 
     class DrainingServer(uvicorn.Server):
-        """On SIGTERM/SIGINT, refuse new requests with 503 at once, then let uvicorn finish the in-flight ones
-        (bounded by `shutdown_grace_seconds`) and run the app's shutdown, which stops the engines."""
+        """On SIGTERM/SIGINT, keep listening but refuse new requests with 503 at once; let the requests in flight
+        finish for up to `shutdown_grace_seconds`, end those still running properly (service.drain); only then
+        let uvicorn close the listener and run the app's shutdown, which stops the engines. A second signal
+        stops at once."""
 
         def handle_exit(self, sig, frame) -> None:
+            if service.draining:
+                return super().handle_exit(sig, frame)
+            self._captured_signals.append(sig)  # uvicorn re-raises it once stopped, as a signalled process ends
+            self.begin_drain()
+
+        def begin_drain(self) -> None:
+            """Also the way out when an engine fails for good (service.exit_failed): no signal, exit status 1."""
             service.draining = True
-            super().handle_exit(sig, frame)
+            loop = asyncio.get_running_loop()  # signal handlers run on the loop's thread, between its steps
+            loop.call_soon_threadsafe(lambda: loop.create_task(self.drain_then_exit()))
+
+        async def drain_then_exit(self) -> None:
+            await service.drain(config.shutdown_grace_seconds)
+            self.should_exit = True
 
     server = DrainingServer(
         uvicorn.Config(
@@ -73,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             timeout_keep_alive=config.keep_alive_seconds,
         )
     )
+    service.on_fatal = server.begin_drain
     logging.getLogger("l2s.server").info("serving %s on http://%s:%d", ", ".join(service.engines), args.host, args.port)
     server.run()
     if service.fatal:  # an engine failed for good: a supervisor should restart the server

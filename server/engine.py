@@ -18,6 +18,8 @@ from l2s.generation import cpu_scheduling, engine_dtype, model_max_length, on_gp
 from l2s.reasoning import PlainStream, ReasoningMarkers, ReasoningStream
 from server.config import VariantConfig
 
+_ENGINE_BUILDS = ThreadPoolExecutor(thread_name_prefix="engine-build")
+
 
 @dataclass
 class Chunk:
@@ -60,6 +62,7 @@ class VariantEngine:
         self.restarts = 0  # restarts in place after the engine died
         self.restarting = False
         self.failed = False  # died with no restart left
+        self._unfinished_build = None  # an engine build the server stopped waiting for (see `start`)
 
     @property
     def name(self) -> str:
@@ -149,13 +152,24 @@ class VariantEngine:
             **({"gpu_memory_utilization": settings.gpu_memory_utilization} if on_gpu() else {}),
             **cpu_scheduling(self.max_model_len or 8192),  # keeps seeded requests from killing a CPU engine
         )
-        # Building the engine blocks (it starts worker processes and loads weights): keep the loop free.
-        engine = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        # Building the engine blocks (it starts worker processes and loads weights): keep the loop free. If the
+        # server stops meanwhile, the build cannot be interrupted: `shutdown` waits for it and shuts down the
+        # engine it made, so no engine process outlives the server.
+        build = _ENGINE_BUILDS.submit(AsyncLLM.from_engine_args, args)
+        try:
+            engine = await asyncio.wrap_future(build)
+        except asyncio.CancelledError:
+            self._unfinished_build = build
+            raise
         self.tokenizer = engine.get_tokenizer()
         self.max_model_len = engine.model_config.max_model_len  # what vLLM settled on
         self.engine = engine
 
     def shutdown(self) -> None:
+        if self._unfinished_build is not None:  # stopped while loading: wait for the engine, then stop it
+            build, self._unfinished_build = self._unfinished_build, None
+            with contextlib.suppress(Exception):
+                build.result().shutdown()
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None

@@ -12,10 +12,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from l2s.cards import read_card
 from server.budgets import as_budget, effort_budget
-from server.errors import APIError
+from server.errors import APIError, sse_error
 from server.protocol import ChatCompletionRequest, now
+from server.service import CLOSING
 
 router = APIRouter()
+SHUT_DOWN = APIError(503, "the server shut down before this request finished", code="shutting_down", retry_after=5)
 
 
 @router.get("/health")
@@ -82,14 +84,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         # the service gives its slots back and counts a client that left.
         weakref.finalize(events, service.abandoned, plan)
         return StreamingResponse(
-            _until_disconnected(request, events),
+            _until_disconnected(request, events, service),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
-    return JSONResponse(await _unless_disconnected(request, service.complete(body, plan)))
+    return JSONResponse(await _unless_disconnected(request, service.complete(body, plan), service))
 
 
-async def _until_disconnected(request: Request, events):
+async def _until_disconnected(request: Request, events, service):
     """Pass SSE events on; when the client goes away, cancel the generation (which aborts it in the engine).
 
     Starlette stops pulling from a stream whose client left but never closes it, and closing an async generator
@@ -114,12 +116,17 @@ async def _until_disconnected(request: Request, events):
 
     producer = asyncio.create_task(produce())
     watcher = asyncio.create_task(cancel_on_disconnect())
+    service.open_streams.add(queue)
     try:
         while True:
             # Everything queued goes out in one write: under load, events pile up while the last write is sent.
             events = [await queue.get()]
             while not queue.empty():
                 events.append(queue.get_nowait())
+            if CLOSING in events:  # the server's shutdown grace is over: end the stream properly, now
+                producer.cancel()
+                yield "".join(e for e in events if isinstance(e, str)) + sse_error(SHUT_DOWN) + "data: [DONE]\n\n"
+                return
             ended = events[-1] is finished  # always last: the producer puts it as it ends
             if ended:
                 events.pop()
@@ -128,17 +135,22 @@ async def _until_disconnected(request: Request, events):
             if ended:
                 return
     finally:
+        service.open_streams.discard(queue)
         watcher.cancel()
         producer.cancel()
 
 
-async def _unless_disconnected(request: Request, work):
-    """Run `work`, cancelling it (and so aborting the generation in the engine) if the client goes away."""
+async def _unless_disconnected(request: Request, work, service):
+    """Run `work`, cancelling it (and so aborting the generation in the engine) if the client goes away, or if
+    the server's shutdown grace runs out first (then the client gets a 503)."""
     task = asyncio.ensure_future(work)
     while True:
-        done, _ = await asyncio.wait({task}, timeout=0.25)
+        done, _ = await asyncio.wait({task}, timeout=0.1)
         if done:
             return task.result()
+        if service.closing:
+            task.cancel()
+            raise SHUT_DOWN
         if await request.is_disconnected():
             task.cancel()
             raise APIError(499, "client closed the request", code="client_closed")

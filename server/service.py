@@ -22,6 +22,7 @@ from server.metrics import ServerMetrics
 from server.protocol import ChatCompletionRequest, completion_id, delta, message, now, usage
 
 logger = logging.getLogger("l2s.server")
+CLOSING = object()  # put in an open stream's queue when the drain's grace is over
 WATCH_SECONDS = 0.5  # how often the watchdog looks for dead engines (/health sees a death at once regardless)
 
 
@@ -56,7 +57,10 @@ class ChatService:
             self.metrics.running.labels(name).set_function(lambda engine=engine: engine.running)
             self.metrics.waiting.labels(name).set_function(lambda engine=engine: engine.waiting)
         self.draining = False
+        self.closing = False  # the drain's grace is over: requests still running are ended
+        self.open_streams: set[asyncio.Queue] = set()  # each open stream's event queue (routes.py)
         self.fatal: str | None = None  # why the server is exiting non-zero
+        self.on_fatal = lambda: os.kill(os.getpid(), signal.SIGTERM)  # `l2s serve` drains and exits 1 instead
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -101,11 +105,29 @@ class ChatService:
         engine.failed = True
         self.exit_failed(f"variant {engine.name}: its engine died with no restart left")
 
+    async def drain(self, grace: float) -> None:
+        """On SIGTERM: new requests already get 503 (`draining`); wait up to `grace` seconds for the ones in flight,
+        then end those still running — a stream with an error event and `[DONE]`, a whole completion with a 503 —
+        which aborts their generations."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if not self.in_flight:
+            return
+        logger.warning("shutdown grace over: ending %d sequences still in flight", self.in_flight)
+        self.closing = True
+        for queue in self.open_streams:
+            queue.put_nowait(CLOSING)
+        deadline = loop.time() + 5
+        while self.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
     def exit_failed(self, reason: str) -> None:
-        """Stop serving and exit non-zero (the SIGTERM drains in-flight requests of the other variants first)."""
+        """Stop serving and exit non-zero (in-flight requests of the other variants are drained first)."""
         logger.error("%s: shutting down", reason)
         self.fatal = reason
-        os.kill(os.getpid(), signal.SIGTERM)
+        self.on_fatal()
 
     @property
     def ready(self) -> bool:
@@ -247,8 +269,8 @@ class ChatService:
             failure = _engine_error(plan.engine, error)
             state.finish(str(failure.status))
             raise failure from None
-        except BaseException:  # cancelled: the client went away
-            state.finish("499")
+        except BaseException:  # cancelled: the client went away, or the shutdown grace ran out
+            state.finish("503" if self.closing else "499")
             raise
         finally:
             plan.release()
@@ -325,6 +347,7 @@ class ChatService:
                 yield event([], _usage(plan, finals))
             status = "200"
         except (asyncio.CancelledError, GeneratorExit):
+            status = "503" if self.closing else status  # the shutdown grace ran out, or the client went away
             raise
         except Exception as error:  # the engine failed mid-stream: tell the client in-band, then end the stream
             failure = _engine_error(plan.engine, error)

@@ -250,3 +250,20 @@ def test_api_key_and_sigterm(lab_models, tmp_path):
     finally:
         # uvicorn finishes its shutdown, then re-raises the SIGTERM it caught: exit 0 or "killed by SIGTERM"
         assert stop_server(process, timeout=60) in (0, -signal.SIGTERM), log_path.read_text()[-2000:]
+
+
+def test_idle_connections_outlive_common_client_pools(server_url):
+    """A pooled connection reused after 6 s of idleness still works: the server's keep-alive (75 s) outlasts
+    uvicorn's default 5 s, which closed connections that clients were about to reuse ("Server disconnected")."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    address = urlsplit(server_url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    for pause in (0, 6):
+        time.sleep(pause)
+        connection.request("GET", "/health")  # the same socket each time: http.client does not reconnect
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200
+    connection.close()
