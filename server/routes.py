@@ -120,18 +120,20 @@ async def _until_disconnected(request: Request, events, service):
     try:
         while True:
             # Everything queued goes out in one write: under load, events pile up while the last write is sent.
-            events = [await queue.get()]
+            batch = [await queue.get()]
             while not queue.empty():
-                events.append(queue.get_nowait())
-            if CLOSING in events:  # the server's shutdown grace is over: end the stream properly, now
-                producer.cancel()
-                yield "".join(e for e in events if isinstance(e, str)) + sse_error(SHUT_DOWN) + "data: [DONE]\n\n"
-                return
-            ended = events[-1] is finished  # always last: the producer puts it as it ends
+                batch.append(queue.get_nowait())
+            if CLOSING in batch:  # the server's shutdown grace is over: end the stream properly, now
+                batch.remove(CLOSING)
+                if finished not in batch:  # (unless it has just ended by itself)
+                    producer.cancel()
+                    yield "".join(batch) + sse_error(SHUT_DOWN) + "data: [DONE]\n\n"
+                    return
+            ended = batch[-1] is finished  # always last: the producer puts it as it ends
             if ended:
-                events.pop()
-            if events:
-                yield "".join(events)
+                batch.pop()
+            if batch:
+                yield "".join(batch)
             if ended:
                 return
     finally:
