@@ -24,15 +24,20 @@ def registered_variants(path: Path | None = None) -> dict[str, str]:
         return {}
     variants = {}
     for name, model_dir in dict((yaml.safe_load(path.read_text()) or {}).get("variants", {})).items():
-        if not isinstance(name, str) or not VARIANT_NAME.match(name) or name == "auto":
+        if not isinstance(name, str) or not is_variant_name(name):
             logger.warning("%s: skipping the entry %r: not a valid variant name", path, name)
             continue
         variants[name] = str(model_dir)
     return variants
 
 
+def is_variant_name(name: str) -> bool:
+    """A name `l2s serve` can host: letters, digits, '.', '_' and '-', and not `auto` (reserved for routing)."""
+    return bool(VARIANT_NAME.match(name)) and name != "auto"
+
+
 def check_variant_name(name: str) -> str:
-    if not VARIANT_NAME.match(name) or name == "auto":
+    if not is_variant_name(name):
         raise ValueError(f"{name!r} cannot be a served model id: letters, digits, '.', '_' and '-', not 'auto'")
     return name
 

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from l2s.cards import find_models, read_card
 from l2s.models import ModelNotFound, resolve_model
-from l2s.registry import registered_variants
+from l2s.registry import check_variant_name, registered_variants
 
 EFFORTS = ("none", "low", "medium", "high")
 
@@ -75,7 +75,7 @@ class ReasoningConfig(Strict):
 
 
 class VariantConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str
     path: Path
     engine: EngineConfig = EngineConfig()
     reasoning: ReasoningConfig = ReasoningConfig()
@@ -86,11 +86,10 @@ class VariantConfig(Strict):
     max_thinking_tokens: int = Field(-1, ge=-1, description="ceiling on any request's reasoning (−1: none)")
     max_waiting: int = Field(256, ge=0, description="queued requests beyond max_num_seqs before 429")
 
-    @model_validator(mode="after")
-    def _not_auto(self) -> VariantConfig:
-        if self.name == "auto":
-            raise ValueError("'auto' is reserved for routing")
-        return self
+    @field_validator("name")
+    @classmethod
+    def _servable_name(cls, name: str) -> str:
+        return check_variant_name(name)  # the one rule, shared with the registry and `--register`
 
 
 class AutoRule(Strict):

@@ -93,9 +93,14 @@ class VariantEngine:
     def waiting(self) -> int:
         return max(0, self.in_flight - self.variant.engine.max_num_seqs)
 
+    @property
+    def capacity(self) -> int:
+        """Sequences admitted at most: running in the engine, plus waiting for a slot."""
+        return self.variant.engine.max_num_seqs + self.variant.max_waiting
+
     def reserve(self, sequences: int) -> bool:
         """Admit a request of `sequences` choices if the engine's slots and queue have room for them all."""
-        if self.in_flight + sequences > self.variant.engine.max_num_seqs + self.variant.max_waiting:
+        if self.in_flight + sequences > self.capacity:
             return False
         self.in_flight += sequences
         return True

@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.protocol import UnsupportedParameter
+
 logger = logging.getLogger("l2s.server")
 
 MAX_MESSAGE_CHARS = 500
@@ -40,12 +42,9 @@ class APIError(Exception):
         self.status, self.message, self.code, self.param, self.retry_after = status, message, code, param, retry_after
 
 
-class BodyTooLarge(Exception):
-    """A request body over the server's limit (server/middleware.py answers 413)."""
-
-    def __init__(self, limit: int):
-        super().__init__(f"the request body is larger than {limit} bytes")
-        self.limit = limit
+def body_too_large(limit: int) -> APIError:
+    """A request body over the server's limit (server/middleware.py answers it)."""
+    return APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
 
 
 def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict:
@@ -84,7 +83,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         cause = (exc.errors()[0].get("ctx") or {}).get("error") if exc.errors() else None
-        if getattr(cause, "unsupported_parameter", None):  # protocol.UnsupportedParameter
+        if isinstance(cause, UnsupportedParameter):
             return error_response(APIError(400, str(cause), code="unsupported_parameter", param=cause.name))
         message, param = _validation_message(exc)
         return error_response(APIError(400, message, code="invalid_request", param=param))

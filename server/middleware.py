@@ -12,7 +12,7 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.errors import APIError, BodyTooLarge, error_response
+from server.errors import APIError, body_too_large, error_response
 
 OPEN_PATHS = {"/", "/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 OPEN_PREFIXES = ("/playground",)  # a static page: the key it asks for guards the API calls it makes
@@ -60,8 +60,7 @@ class LimitBody:
             return await self.app(scope, receive, send)
         declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            error = APIError(413, str(BodyTooLarge(self.max_bytes)), code="request_too_large")
-            return await error_response(error)(scope, receive, send)
+            return await error_response(body_too_large(self.max_bytes))(scope, receive, send)
         received, refused = 0, False
 
         async def limited_receive() -> dict:
@@ -72,8 +71,7 @@ class LimitBody:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     refused = True
-                    error = APIError(413, str(BodyTooLarge(self.max_bytes)), code="request_too_large")
-                    await error_response(error)(scope, receive, send)
+                    await error_response(body_too_large(self.max_bytes))(scope, receive, send)
                     return {"type": "http.disconnect"}
             return message
 

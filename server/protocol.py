@@ -34,7 +34,6 @@ IGNORED_FIELDS = {
 # What a field we do not support may be sent as, meaning "off" (besides null).
 OFF_VALUES = {
     "function_call": ["none"],
-    "logprobs": [False],
     "top_logprobs": [0],
     "response_format": [{"type": "text"}],
     "tool_choice": ["none"],
@@ -185,8 +184,6 @@ class ChatCompletionRequest(BaseModel):
 
 class UnsupportedParameter(ValueError):
     """A field that would change what is generated and that this server does not honour (a 400 naming it)."""
-
-    unsupported_parameter = True
 
     def __init__(self, name: str):
         super().__init__(f"{name[:60]!r} is not supported by this server; leave it out (or send null)")

@@ -179,9 +179,8 @@ class ChatService:
             raise APIError(
                 503, f"the engine of '{name}' died and is restarting", code="engine_unavailable", retry_after=10
             )
-        capacity = engine.variant.engine.max_num_seqs + engine.variant.max_waiting
-        if request.n > capacity:  # could never be admitted: retrying would not help
-            raise APIError(400, f"n={request.n} is more than '{name}' admits at once ({capacity})", param="n")
+        if request.n > engine.capacity:  # could never be admitted: retrying would not help
+            raise APIError(400, f"n={request.n} is more than '{name}' admits at once ({engine.capacity})", param="n")
         if not engine.reserve(request.n):
             self.metrics.refused.labels(name).inc()
             raise APIError(429, f"too many requests waiting for '{name}'", code="queue_full", retry_after=1)

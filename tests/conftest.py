@@ -51,6 +51,18 @@ def client(server_url: str):
     return OpenAI(base_url=f"{server_url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
+def wait_for(predicate, what: str, timeout: float = 30):
+    """Poll `predicate` until it returns something true, and return that; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 def write_sum_dataset(directory: Path, count: int) -> tuple[Path, Path]:
     """Lab-style sums as a user's own data: a `jsonl:` file and an `hf:` dataset directory (save_to_disk, with a
     train split), answers checked by math-verify like any dataset's. The lab model can solve them."""

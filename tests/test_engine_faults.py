@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 import yaml
+from conftest import wait_for
 
 from l2s.local_server import start_server, stop_server, wait_healthy
 
@@ -32,16 +32,6 @@ def engine_processes(server: psutil.Process) -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     return found
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_dead_engine_is_noticed_restarted_then_the_server_exits(lab_models, tmp_path):
@@ -66,7 +56,7 @@ def test_dead_engine_is_noticed_restarted_then_the_server_exits(lab_models, tmp_
         for engine in first:
             engine.send_signal(signal.SIGKILL)
         health = wait_for(
-            lambda: (r := httpx.get(f"{base_url}/health")).status_code == 503 and r.json(), 10, "/health 503"
+            lambda: (r := httpx.get(f"{base_url}/health")).status_code == 503 and r.json(), "/health 503", timeout=10
         )
         assert health["status"] == "engine_dead" and health["variants"]["lab-short"] in ("dead", "restarting")
         refused = httpx.post(f"{base_url}/v1/chat/completions", json=REQUEST, timeout=60)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import start_server
+from conftest import start_server, wait_for
 
 from l2s.local_server import stop_server, wait_healthy
 
@@ -207,14 +206,6 @@ def test_api_key_and_calibration(browser, lab_models, screenshots):
         page.close()
     finally:
         stop_server(process)
-
-
-def wait_for(predicate, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _requests(server_url: str, variant: str) -> dict[str, float]:

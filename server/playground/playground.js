@@ -342,11 +342,9 @@ function renderEvaluation() {
     const path = list.map((p) => `${x(p.tokens)},${y(p.accuracy)}`).join(" ");
     parts.push(`<polyline points="${path}" fill="none" stroke="${list[0].color}" stroke-opacity=".5"/>`);
   }
+  const spotOf = (p) => `${p.id}|${Math.round(x(p.tokens))}|${Math.round(y(p.accuracy))}`;
   const budgetLabels = {}; // budgets measured at the same spot share one label ("0, 32, 64")
-  for (const p of points.filter((p) => p.source === "calibration")) {
-    const spot = `${p.id}|${Math.round(x(p.tokens))}|${Math.round(y(p.accuracy))}`;
-    (budgetLabels[spot] ||= []).push(p.label);
-  }
+  for (const p of points.filter((p) => p.source === "calibration")) (budgetLabels[spotOf(p)] ||= []).push(p.label);
   for (const p of points) {
     const card = p.source === "card";
     const used = inUseNow.has(p.id);
@@ -359,7 +357,7 @@ function renderEvaluation() {
       parts.push(`<text x="${x(p.tokens) + 12}" y="${y(p.accuracy) - 8}">${escapeHtml(p.label)}</text>`);
       continue;
     }
-    const spot = `${p.id}|${Math.round(x(p.tokens))}|${Math.round(y(p.accuracy))}`;
+    const spot = spotOf(p);
     if (!budgetLabels[spot]) continue; // labelled already
     parts.push(`<text class="budget-label" x="${x(p.tokens) + 7}" y="${y(p.accuracy) + 14}">` +
       `${escapeHtml(budgetLabels[spot].join(", "))}</text>`);
@@ -409,9 +407,14 @@ async function start() {
   if (saved.maxTokens !== undefined) $("#max-tokens").value = saved.maxTokens;
   $("#api-key").value = sessionStorage.getItem(KEY_STORE) || "";
   $("#key-row").hidden = !$("#api-key").value;
+  await showPanes();
+}
+
+async function showPanes() {
+  // Once the models are known (with the API key, when the server asks for one): the saved panes, or defaults.
   if (!(await loadModels())) return;
-  const configs = saved.panes && saved.panes.length ? saved.panes : defaultPanes();
-  configs.forEach((config) => addPane(config));
+  const saved = loadSaved().panes;
+  (saved && saved.length ? saved : defaultPanes()).forEach((config) => addPane(config));
   document.body.dataset.ready = "true";
 }
 
@@ -424,12 +427,9 @@ $("#temperature").addEventListener("input", save);
 $("#max-tokens").addEventListener("input", save);
 $("#stop").addEventListener("click", stop);
 $("#add-pane").addEventListener("click", () => { addPane({ model: variants()[0]?.id, limit: "unlimited" }); save(); });
-$("#api-key").addEventListener("change", async () => {
+$("#api-key").addEventListener("change", () => {
   sessionStorage.setItem(KEY_STORE, $("#api-key").value.trim());
-  if (!state.panes.length && (await loadModels())) {
-    (loadSaved().panes?.length ? loadSaved().panes : defaultPanes()).forEach((config) => addPane(config));
-    document.body.dataset.ready = "true";
-  }
+  if (!state.panes.length) showPanes();
 });
 for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showView(tab.dataset.view));
 
