@@ -144,6 +144,7 @@ class ReasoningStream:
         self._token_phase = "reasoning" if start_in_prompt else "before"
         self.reasoning_tokens = 0
         self.answer_tokens = 0
+        self.phases: list[str | None] = []  # of the tokens of the last delta: "reasoning", "answer" or None (a marker)
 
     @property
     def closed(self) -> bool:
@@ -160,16 +161,21 @@ class ReasoningStream:
         return self._emit(final=True)
 
     def _count(self, token_ids: Sequence[int]) -> None:
+        self.phases = []
         for token in token_ids:
             if self._token_phase == "answer":
                 self.answer_tokens += 1
+                self.phases.append("answer")
             elif token == self.end_id:
                 self._token_phase = "answer"
+                self.phases.append(None)
             elif token == self.start_id and self._token_phase == "before":
                 self._token_phase = "reasoning"
                 self.reasoning_tokens = 0  # what came before the start marker is neither reasoning nor answer
+                self.phases.append(None)
             else:
                 self.reasoning_tokens += 1
+                self.phases.append("reasoning")
 
     def _emit(self, final: bool) -> tuple[str, str]:
         start, end = self.markers.start, self.markers.end
@@ -207,9 +213,11 @@ class PlainStream:
 
     def __init__(self) -> None:
         self.answer_tokens = 0
+        self.phases: list[str | None] = []
 
     def feed(self, text_delta: str, token_ids: Sequence[int] = ()) -> tuple[str, str]:
         self.answer_tokens += len(token_ids)
+        self.phases = ["answer"] * len(token_ids)
         return "", text_delta
 
     def flush(self) -> tuple[str, str]:

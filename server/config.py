@@ -23,6 +23,23 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class StructuredOutputs(Strict):
+    """How vLLM constrains answers to a `response_format` (its structured outputs)."""
+
+    backend: Literal["auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer"] = "auto"
+    compact_json: bool = Field(
+        False,
+        description="JSON without free whitespace (vLLM's disable_any_whitespace; needs backend xgrammar or "
+        "guidance): small models otherwise tend to fill their whole budget with whitespace",
+    )
+
+    @model_validator(mode="after")
+    def _compact_needs_backend(self) -> StructuredOutputs:
+        if self.compact_json and self.backend not in ("xgrammar", "guidance"):
+            raise ValueError("compact_json needs backend xgrammar or guidance")
+        return self
+
+
 class EngineConfig(Strict):
     """Settings passed to the vLLM engine of one variant."""
 
@@ -35,6 +52,7 @@ class EngineConfig(Strict):
     tensor_parallel_size: int = Field(1, gt=0)
     data_parallel_size: int = Field(1, gt=0)
     max_num_seqs: int = Field(64, gt=0, description="sequences the engine runs at once")
+    structured_outputs: StructuredOutputs = StructuredOutputs()
     cpu_threads_bind: str | None = Field(
         None,
         description="CPU only: VLLM_CPU_OMP_THREADS_BIND for this engine ('auto', 'nobind', '0', '0-3'); "
@@ -84,6 +102,9 @@ class VariantConfig(Strict):
     )
     efforts: EffortBudgets = EffortBudgets()
     max_thinking_tokens: int = Field(-1, ge=-1, description="ceiling on any request's reasoning (−1: none)")
+    tool_parser: str | None = Field(
+        None, description="vLLM's tool-call parser for this model (hermes, llama3_json, ...): `tools` honoured"
+    )
     max_waiting: int = Field(256, ge=0, description="queued requests beyond max_num_seqs before 429")
 
     @field_validator("name")

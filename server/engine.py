@@ -12,13 +12,19 @@ import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from l2s.formats import PLAIN, ReasoningFormat, detect_format
 from l2s.generation import cpu_scheduling, engine_dtype, model_max_length, on_gpu, reasoning_config
 from l2s.reasoning import PlainStream, ReasoningMarkers, ReasoningStream
 from server.config import VariantConfig
 
+MARKER_PARSER = "l2s_markers"  # server/reasoning_parser.py's name in vLLM's registry
 _ENGINE_BUILDS = ThreadPoolExecutor(thread_name_prefix="engine-build")
+
+
+# One generated token's log-probability: (its text, its logprob, the most likely alternatives as (text, logprob)).
+TokenLogprob = tuple[str, float, list[tuple[str, float]]]
 
 
 @dataclass
@@ -29,6 +35,9 @@ class Chunk:
     answer_tokens: int
     completion_tokens: int
     finish_reason: str | None  # set on the last chunk of a choice
+    # when logprobs were asked for: those of this chunk's reasoning tokens and answer tokens (markers in neither)
+    reasoning_logprobs: list[TokenLogprob] | None = None
+    answer_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -47,6 +56,9 @@ class GenerationParams:
     min_tokens: int = 0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    logprobs: int | None = None  # alternatives per token besides the sampled one; None: no logprobs
+    json_schema: dict[str, Any] | None = None  # the answer must be JSON valid against it ({}: any JSON object)
+    keep_special_tokens: bool = False  # in the text (tool-call markers are special tokens in many models)
 
 
 class VariantEngine:
@@ -135,6 +147,7 @@ class VariantEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.format = await asyncio.to_thread(self.detect_format)
+        self.check_tool_parser()
         self.max_model_len = self.variant.engine.max_model_len or model_max_length(self.variant.path)
 
         settings = self.variant.engine
@@ -152,6 +165,7 @@ class VariantEngine:
             tensor_parallel_size=settings.tensor_parallel_size,
             data_parallel_size=settings.data_parallel_size,
             reasoning_config=reasoning_config(self.format),
+            structured_outputs_config=self._structured_outputs_config(),
             enable_prefix_caching=True,
             disable_log_stats=True,
             **({"gpu_memory_utilization": settings.gpu_memory_utilization} if on_gpu() else {}),
@@ -169,6 +183,38 @@ class VariantEngine:
         self.tokenizer = engine.get_tokenizer()
         self.max_model_len = engine.model_config.max_model_len  # what vLLM settled on
         self.engine = engine
+
+    def check_tool_parser(self) -> None:
+        """A variant's `tool_parser` must be one of vLLM's (ValueError: refused at startup)."""
+        from vllm.tool_parsers import ToolParserManager
+
+        name = self.variant.tool_parser
+        if name is not None and name not in ToolParserManager.list_registered():
+            raise ValueError(
+                f"variant {self.name}: unknown tool_parser {name!r}; vLLM has {ToolParserManager.list_registered()}"
+            )
+
+    def tool_calls(self, answer: str, request: dict) -> tuple[str | None, list[dict]]:
+        """The answer split by the variant's vLLM tool parser into its text and its tool calls (OpenAI's shape).
+        `request` is the chat request (its `messages` and `tools`), as vLLM's parsers read it."""
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.tool_parsers import ToolParserManager
+
+        vllm_request = ChatCompletionRequest.model_validate(request)
+        parser = ToolParserManager.get_tool_parser(self.variant.tool_parser)(self.tokenizer, vllm_request.tools)
+        found = parser.extract_tool_calls(answer, vllm_request)
+        if not found.tools_called:
+            return answer, []
+        return found.content or None, [call.model_dump() for call in found.tool_calls]
+
+    def _structured_outputs_config(self) -> dict:
+        """vLLM's structured outputs, told where a reasoning block ends (server/reasoning_parser.py) so that a
+        `response_format` constrains the answer and leaves the reasoning free."""
+        settings = self.variant.engine.structured_outputs
+        config = {"backend": settings.backend, "disable_any_whitespace": settings.compact_json}
+        if self.format.reasons:
+            config |= {"reasoning_parser": MARKER_PARSER, "reasoning_parser_plugin": "server.reasoning_parser"}
+        return config
 
     def shutdown(self) -> None:
         if self._unfinished_build is not None:  # stopped while loading: wait for the engine, then stop it
@@ -199,10 +245,15 @@ class VariantEngine:
         itself rejects raises `ValueError` here (a 400) rather than failing mid-stream."""
         from vllm import SamplingParams
         from vllm.exceptions import VLLMClientError
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
+        structured = None
+        if params.json_schema == {}:
+            structured = StructuredOutputsParams(json_object=True)
+        elif params.json_schema is not None:
+            structured = StructuredOutputsParams(json=params.json_schema)
         try:
-            return SamplingParams(
+            sampling = SamplingParams(
                 n=n,
                 max_tokens=params.max_tokens,
                 temperature=params.temperature,
@@ -218,9 +269,20 @@ class VariantEngine:
                 min_tokens=params.min_tokens,
                 min_p=params.min_p,
                 repetition_penalty=params.repetition_penalty,
+                logprobs=params.logprobs,
+                structured_outputs=structured,
                 output_kind=RequestOutputKind.DELTA,
-                skip_special_tokens=True,
+                skip_special_tokens=not params.keep_special_tokens,
             )
+            # what the engine checks as the request arrives (logprob counts, the JSON schema), checked now
+            vllm_config = self.engine.vllm_config
+            sampling.verify(
+                self.engine.model_config,
+                vllm_config.speculative_config,
+                vllm_config.structured_outputs_config,
+                self.tokenizer,
+            )
+            return sampling
         except VLLMClientError as error:  # not a ValueError subclass
             raise ValueError(str(error)) from None
 
@@ -232,17 +294,32 @@ class VariantEngine:
         splitters = [self.splitter(thinking_off) for _ in range(n)]
         generated = [0] * n  # every generated token, end-of-sequence included (as vLLM's own usage counts)
         # aclosing: when our caller stops early, vLLM's generator is closed at once, which aborts the request
-        outputs = self.engine.generate({"prompt_token_ids": prompt_ids}, sampling, request_id)
+        markers = self.format.markers
+        outputs = self.engine.generate(
+            {"prompt_token_ids": prompt_ids},
+            sampling,
+            request_id,
+            # where the reasoning ends, for structured outputs (server/reasoning_parser.py); with thinking
+            # switched off there is no reasoning: the answer's constraint starts at once
+            reasoning_ended=True if thinking_off and sampling.structured_outputs else None,
+            reasoning_parser_kwargs={"start": markers.start, "end": markers.end} if markers else None,
+        )
         async with contextlib.aclosing(outputs):
             async for output in outputs:
                 for choice in output.outputs:
                     splitter = splitters[choice.index]
                     generated[choice.index] += len(choice.token_ids)
-                    token_ids = [t for t in choice.token_ids if t != self.tokenizer.eos_token_id]
-                    reasoning, answer = splitter.feed(choice.text, token_ids)
+                    kept = [i for i, t in enumerate(choice.token_ids) if t != self.tokenizer.eos_token_id]
+                    reasoning, answer = splitter.feed(choice.text, [choice.token_ids[i] for i in kept])
                     if choice.finish_reason is not None:
                         tail_reasoning, tail_answer = splitter.flush()
                         reasoning, answer = reasoning + tail_reasoning, answer + tail_answer
+                    logprobs: dict[str | None, list[TokenLogprob]] = {"reasoning": [], "answer": []}
+                    if sampling.logprobs is not None:
+                        for i, phase in zip(kept, splitter.phases, strict=True):
+                            if phase is not None:
+                                token = choice.token_ids[i]
+                                logprobs[phase].append(_token_logprob(token, choice.logprobs[i], sampling.logprobs))
                     yield (
                         choice.index,
                         Chunk(
@@ -252,5 +329,18 @@ class VariantEngine:
                             answer_tokens=splitter.answer_tokens,
                             completion_tokens=generated[choice.index],
                             finish_reason=choice.finish_reason,
+                            reasoning_logprobs=logprobs["reasoning"] if sampling.logprobs is not None else None,
+                            answer_logprobs=logprobs["answer"] if sampling.logprobs is not None else None,
                         ),
                     )
+
+
+def _token_logprob(token: int, candidates: dict, top: int) -> TokenLogprob:
+    """vLLM's logprobs of one position (the sampled token, and the `top` most likely) as a `TokenLogprob`."""
+    sampled = candidates[token]
+    ranked = sorted((entry for entry in candidates.values() if entry.rank <= top), key=lambda entry: entry.rank)
+    return (
+        sampled.decoded_token or "",
+        max(sampled.logprob, -9999.0),  # -inf is not JSON
+        [(entry.decoded_token or "", max(entry.logprob, -9999.0)) for entry in ranked],
+    )

@@ -4,9 +4,8 @@ Fields follow the OpenAI spec's order; the extensions are in a labelled block. E
 validated here, strictly (`"16"` and `true` are not integers), within what vLLM accepts, so a bad request fails
 with a 400 before it reaches an engine. A field we do not act on is refused with a 400 naming it
 (`unsupported_parameter`) unless it changes nothing: OpenAI's bookkeeping fields (`user`, `metadata`, `store`,
-...) and any field sent with its "off" value (`null`, `false`, `[]`, `{}`, `logprobs: false`,
-`response_format: {"type": "text"}`, `tool_choice: "none"`). A client that sends a field can trust that it was
-honoured.
+...) and any field sent with its "off" value (`null`, `false`, `[]`, `{}`). A client that sends a field can trust
+that it was honoured.
 """
 
 from __future__ import annotations
@@ -32,12 +31,7 @@ IGNORED_FIELDS = {
     "parallel_tool_calls",
 }
 # What a field we do not support may be sent as, meaning "off" (besides null).
-OFF_VALUES = {
-    "function_call": ["none"],
-    "top_logprobs": [0],
-    "response_format": [{"type": "text"}],
-    "tool_choice": ["none"],
-}
+OFF_VALUES = {"function_call": ["none"]}
 
 
 def _is_off(name: str, value: Any) -> bool:
@@ -73,6 +67,43 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JSONSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """`text` (no constraint), `json_object` (any JSON object) or `json_schema` (JSON valid against the schema),
+    applied by vLLM's structured outputs to the answer only: the reasoning before it stays free."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchema | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("response_format.json_schema is required with type 'json_schema', and only then")
+        return self
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
 class ThinkingConfig(BaseModel):
     """Anthropic's `thinking` block, accepted as an alias of `thinking_token_budget`."""
 
@@ -97,16 +128,23 @@ class ChatCompletionRequest(BaseModel):
     model: str = Field(min_length=1, max_length=256, examples=["lab-long", "lab-short", "auto"])
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = Field(None, description="token id -> bias added to its logit (-100..100)")
+    logprobs: bool = False
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_INT32)
     max_tokens: int | None = Field(None, ge=1, le=MAX_INT32)
     n: int = Field(1, ge=1, le=16)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    response_format: ResponseFormat | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
+    tool_choice: str | dict[str, Any] | None = Field(
+        None, description="'none' or 'auto'; 'required' and a named function are not supported (400)"
+    )
+    tools: list[Tool] | None = Field(None, max_length=128, description="needs a variant with a tool_parser")
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     top_p: float | None = Field(None, gt=0, le=1)
     user: str | None = None
 
@@ -159,6 +197,10 @@ class ChatCompletionRequest(BaseModel):
                 raise UnsupportedParameter(name)
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
+        if self.tool_choice not in (None, "none", "auto"):
+            raise UnsupportedParameter("tool_choice", "only 'auto' and 'none' are supported")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs requires logprobs to be true")
         return self
 
     @model_validator(mode="after")
@@ -181,12 +223,19 @@ class ChatCompletionRequest(BaseModel):
     def max_output_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
+    def logprobs_wanted(self) -> int | None:
+        """vLLM's `logprobs`: how many alternatives per token besides the sampled one (None: no logprobs)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def uses_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
+
 
 class UnsupportedParameter(ValueError):
     """A field that would change what is generated and that this server does not honour (a 400 naming it)."""
 
-    def __init__(self, name: str):
-        super().__init__(f"{name[:60]!r} is not supported by this server; leave it out (or send null)")
+    def __init__(self, name: str, why: str = "leave it out (or send null)"):
+        super().__init__(f"{name[:60]!r} is not supported by this server; {why}")
         self.name = name
 
 
@@ -207,19 +256,43 @@ def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int) -> 
     }
 
 
-def message(answer: str, reasoning: str | None) -> dict[str, Any]:
+def message(answer: str | None, reasoning: str | None, tool_calls: list[dict] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"role": "assistant", "content": answer, "refusal": None}  # OpenAI's schema requires it
     if reasoning is not None:
         body["reasoning_content"] = reasoning
         body["reasoning"] = reasoning
+    if tool_calls:
+        body["tool_calls"] = tool_calls
     return body
 
 
-def delta(answer: str | None = None, reasoning: str | None = None, role: bool = False) -> dict[str, Any]:
+def delta(
+    answer: str | None = None, reasoning: str | None = None, role: bool = False, tool_calls: list[dict] | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"role": "assistant"} if role else {}
     if reasoning:
         body["reasoning_content"] = reasoning
         body["reasoning"] = reasoning
     if answer:
         body["content"] = answer
+    if tool_calls:
+        body["tool_calls"] = [call | {"index": index} for index, call in enumerate(tool_calls)]
+    return body
+
+
+def token_logprobs(entries: list) -> list[dict[str, Any]]:
+    """`TokenLogprob`s (server/engine.py) in OpenAI's shape."""
+
+    def one(text: str, logprob: float) -> dict[str, Any]:
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    return [one(text, logprob) | {"top_logprobs": [one(*alt) for alt in alts]} for text, logprob, alts in entries]
+
+
+def logprobs(answer: list, reasoning: list | None) -> dict[str, Any]:
+    """A choice's `logprobs`: the answer's tokens under `content`, as OpenAI has them, and the reasoning's under
+    `reasoning_content` (the name of the reasoning field of the message), unless the reasoning is hidden."""
+    body: dict[str, Any] = {"content": token_logprobs(answer), "refusal": None}
+    if reasoning is not None:
+        body["reasoning_content"] = token_logprobs(reasoning)
     return body

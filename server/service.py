@@ -19,7 +19,7 @@ from server.config import ServerConfig
 from server.engine import Chunk, GenerationParams, VariantEngine
 from server.errors import APIError, sse_error
 from server.metrics import ServerMetrics
-from server.protocol import ChatCompletionRequest, completion_id, delta, message, now, usage
+from server.protocol import ChatCompletionRequest, completion_id, delta, logprobs, message, now, usage
 
 logger = logging.getLogger("l2s.server")
 CLOSING = object()  # put in an open stream's queue when the drain's grace is over
@@ -194,6 +194,16 @@ class ChatService:
         if switch and budget == 0 and switch not in template_kwargs:
             template_kwargs[switch] = False  # reasoning_effort "none" / a zero budget: no thinking, by the template
         thinking_off = bool(switch) and template_kwargs.get(switch) is False
+        if request.uses_tools():
+            if variant.tool_parser is None:
+                raise APIError(
+                    400,
+                    f"'tools' needs a variant with a tool-call parser (tool_parser in the server config); "
+                    f"'{engine.name}' has none",
+                    code="unsupported_parameter",
+                    param="tools",
+                )
+            template_kwargs["tools"] = [tool.model_dump(exclude_none=True) for tool in request.tools]
         if thinking_off or not engine.format.reasons:
             budget = None  # nothing to cap: the completion holds no reasoning
         messages = [m.for_template() for m in request.messages]
@@ -229,6 +239,9 @@ class ChatService:
             min_tokens=request.min_tokens,
             min_p=request.min_p,
             repetition_penalty=request.repetition_penalty,
+            logprobs=request.logprobs_wanted(),
+            json_schema=_json_schema(request),
+            keep_special_tokens=request.uses_tools(),  # tool-call markers are special tokens in many models
         )
         if any(token >= engine.vocab_size for token in params.logit_bias):
             raise APIError(400, f"logit_bias: token ids must be below {engine.vocab_size}", param="logit_bias")
@@ -257,6 +270,7 @@ class ChatService:
         """A whole (non-streaming) chat completion."""
         state = _Tracker(self, plan)
         texts = [["", ""] for _ in range(plan.n)]
+        token_logprobs: list[tuple[list, list]] = [([], []) for _ in range(plan.n)]  # reasoning, answer
         finals: list[Chunk | None] = [None] * plan.n
         try:
             chunks = plan.engine.stream(completion_id(), plan.prompt_ids, plan.sampling, plan.thinking_off)
@@ -265,6 +279,9 @@ class ChatService:
                     state.observe(chunk)
                     texts[index][0] += chunk.reasoning
                     texts[index][1] += chunk.answer
+                    if chunk.answer_logprobs is not None:
+                        token_logprobs[index][0].extend(chunk.reasoning_logprobs)
+                        token_logprobs[index][1].extend(chunk.answer_logprobs)
                     if chunk.finish_reason is not None:
                         finals[index] = chunk
         except Exception as error:
@@ -279,12 +296,19 @@ class ChatService:
         choices = []
         for index, final in enumerate(finals):
             reasoning, answer = texts[index]
+            shown = reasoning if request.include_reasoning else None
+            reasoning_logprobs, answer_logprobs = token_logprobs[index]
+            calls = []
+            if request.uses_tools():
+                answer, calls = plan.engine.tool_calls(answer, _tool_request(request))
             choices.append(
                 {
                     "index": index,
-                    "message": message(answer, reasoning if request.include_reasoning else None),
-                    "logprobs": None,
-                    "finish_reason": final.finish_reason if final else "stop",
+                    "message": message(answer, shown, calls),
+                    "logprobs": logprobs(answer_logprobs, reasoning_logprobs if shown is not None else None)
+                    if request.logprobs
+                    else None,
+                    "finish_reason": "tool_calls" if calls else final.finish_reason if final else "stop",
                     "reasoning_truncated": _truncated(final, plan.budget),
                 }
             )
@@ -316,6 +340,7 @@ class ChatService:
             return f"data: {json.dumps(body)}\n\n"
 
         finals: list[Chunk | None] = [None] * plan.n
+        held = [""] * plan.n  # with tools, the answer is held back until the tool parser has read it whole
         status = "499"  # unless it ends otherwise: the client went away
         try:
             for index in range(plan.n):
@@ -334,16 +359,30 @@ class ChatService:
                 async for index, chunk in chunks:
                     state.observe(chunk)
                     reasoning = chunk.reasoning if request.include_reasoning else ""
+                    answer, calls, finish_reason = chunk.answer, [], chunk.finish_reason
+                    if request.uses_tools():
+                        held[index] += answer
+                        answer = ""
+                        if finish_reason is not None:
+                            answer, calls = plan.engine.tool_calls(held[index], _tool_request(request))
+                            answer, finish_reason = answer or "", "tool_calls" if calls else finish_reason
                     choice = {
                         "index": index,
-                        "delta": delta(chunk.answer, reasoning),
-                        "logprobs": None,
-                        "finish_reason": chunk.finish_reason,
+                        "delta": delta(answer, reasoning, tool_calls=calls),
+                        "logprobs": logprobs(
+                            chunk.answer_logprobs, chunk.reasoning_logprobs if request.include_reasoning else None
+                        )
+                        if request.logprobs
+                        else None,
+                        "finish_reason": finish_reason,
                     }
                     if chunk.finish_reason is not None:
                         finals[index] = chunk
                         choice["reasoning_truncated"] = _truncated(chunk, plan.budget)
-                    if choice["delta"] or chunk.finish_reason is not None:
+                    scored = choice["logprobs"] and any(
+                        choice["logprobs"].get(k) for k in ("content", "reasoning_content")
+                    )
+                    if choice["delta"] or scored or chunk.finish_reason is not None:
                         yield event([choice])
             if request.stream_options and request.stream_options.include_usage:
                 yield event([], _usage(plan, finals))
@@ -359,6 +398,21 @@ class ChatService:
             plan.release()
             state.finish(status, finals=finals)
         yield "data: [DONE]\n\n"
+
+
+def _json_schema(request: ChatCompletionRequest) -> dict | None:
+    """What `response_format` asks the answer to be: JSON valid against a schema ({}: any JSON object)."""
+    wanted = request.response_format
+    if wanted is None or wanted.type == "text":
+        return None
+    if wanted.type == "json_object":
+        return {}
+    return wanted.json_schema.schema_ or {"type": "object"}
+
+
+def _tool_request(request: ChatCompletionRequest) -> dict:
+    """The parts of a request vLLM's tool parsers read."""
+    return request.model_dump(include={"model", "messages", "tools", "tool_choice"}, exclude_none=True)
 
 
 def _engine_error(engine: VariantEngine, error: Exception) -> APIError:

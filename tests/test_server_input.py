@@ -40,11 +40,11 @@ def test_a_request_that_passes_every_check_reaches_the_engines(client):
         client,
         user="u1",
         metadata={"k": "v"},
-        logprobs=False,
-        response_format={"type": "text"},
-        tools=[],
-        tool_choice="none",
-        top_logprobs=None,
+        logprobs=True,
+        top_logprobs=2,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}},
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        tool_choice="auto",
         store=False,
         ignore_eos=True,
         min_tokens=2,
@@ -96,11 +96,8 @@ def test_integers_beyond_what_vllm_accepts(client, fields):
 @pytest.mark.parametrize(
     "fields",
     [
-        {"logprobs": True},
-        {"top_logprobs": 3},
-        {"response_format": {"type": "json_object"}},
-        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
         {"tool_choice": "required"},
+        {"tool_choice": {"type": "function", "function": {"name": "f"}}},
         {"functions": [{"name": "f"}]},
         {"prediction": {"type": "content", "content": "x"}},
         {"best_of": 2},
@@ -113,6 +110,21 @@ def test_fields_we_do_not_honour_are_refused_by_name(client, fields):
     assert response.status_code == 400, (fields, response.text)
     assert error(response)["code"] == "unsupported_parameter" and error(response)["param"] == name
     assert name in error(response)["message"]
+
+
+@pytest.mark.parametrize(
+    "fields, says",
+    [
+        ({"top_logprobs": 2}, "requires logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"response_format": {"type": "json_schema"}}, "json_schema is required"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
+        ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools"),
+    ],
+)
+def test_malformed_openai_fields(client, fields, says):
+    response = post(client, **fields)
+    assert response.status_code == 400 and says in error(response)["message"], response.text
 
 
 def test_stream_options_only_with_a_stream(client):
@@ -170,7 +182,11 @@ def test_admission_counts_sequences_and_reserves_before_awaiting(tmp_path):
     variant = VariantConfig(name="v", path=model, engine={"max_num_seqs": 2}, max_waiting=2)  # room for 4
     service = ChatService(ServerConfig(variants=[variant]))
     engine = service.engines["v"]
-    engine.engine = SimpleNamespace(errored=False, model_config=SimpleNamespace(get_vocab_size=lambda: 100))
+    engine.engine = SimpleNamespace(
+        errored=False,
+        model_config=SimpleNamespace(get_vocab_size=lambda: 100, max_logprobs=20, is_diffusion=False),
+        vllm_config=SimpleNamespace(speculative_config=None, structured_outputs_config=None),
+    )
     engine.tokenizer = SimpleNamespace(apply_chat_template=lambda messages, **kwargs: [1, 2, 3])
     engine.max_model_len = 64
 
