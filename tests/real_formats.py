@@ -26,9 +26,12 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-# Qwen3's template, reduced to what matters here: ChatML turns, reasoning dropped from past assistant turns, and
-# the `enable_thinking` switch in the generation prompt.
+# Qwen3's template, reduced to what matters here: the tools in a system turn, ChatML turns, reasoning dropped from
+# past assistant turns, and the `enable_thinking` switch in the generation prompt.
 QWEN3_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\\n# Tools\\n<tools>' }}"
+    "{% for tool in tools %}{{ '\\n' + (tool | tojson) }}{% endfor %}"
+    "{{ '\\n</tools><|im_end|>\\n' }}{% endif %}"
     "{% for message in messages %}"
     "{% set content = message['content'] %}"
     "{% if message['role'] == 'assistant' and '</think>' in content %}"
@@ -85,7 +88,9 @@ def _bpe(special: list[str], markers: list[str]) -> Tokenizer:
 def build_qwen3(out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=_bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], ["<think>", "</think>"]),
+        tokenizer_object=_bpe(
+            ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], ["<think>", "</think>", "<tool_call>", "</tool_call>"]
+        ),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>"],

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from openai import OpenAI
+import yaml
+from openai import BadRequestError, OpenAI
 from transformers import AutoTokenizer
 
 from l2s.cards import read_card
@@ -48,10 +49,17 @@ def test_formats_are_detected_from_tokenizer_and_template(real_models):
 
 
 @pytest.fixture(scope="module")
-def real_client(real_models):
-    """`l2s serve` with the default config on a models directory that holds no lab model at all."""
+def real_client(real_models, tmp_path_factory):
+    """`l2s serve` with the default config on a models directory that holds no lab model at all; tiny-qwen3 is
+    listed with vLLM's `hermes` tool parser (Qwen3's tool-call format)."""
+    config = yaml.safe_load((ROOT / "configs" / "server.yaml").read_text())
+    config["variants"] = [
+        config["defaults"] | {"name": "tiny-qwen3", "path": str(real_models["qwen3"]), "tool_parser": "hermes"}
+    ]
+    config_path = tmp_path_factory.mktemp("config") / "server.yaml"
+    config_path.write_text(yaml.safe_dump(config))
     process, base_url, log_path = start_server(
-        real_models["r1"].parent, "--config", str(ROOT / "configs" / "server.yaml"), log_name="real-formats"
+        real_models["r1"].parent, "--config", str(config_path), log_name="real-formats"
     )
     try:
         wait_healthy(base_url, process, timeout=900)
@@ -92,6 +100,49 @@ def test_qwen3_thinking_switch_and_template_kwargs(real_client):
     details = thinking.usage.completion_tokens_details
     assert "<think>" not in (thinking.choices[0].message.content or "")
     assert details.reasoning_tokens <= thinking.usage.completion_tokens
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "Add two numbers",
+            "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}},
+        },
+    }
+]
+
+
+def test_tools_reach_the_template_and_the_tool_parser(real_client, real_models):
+    """A variant with a tool parser: the tools are rendered by its chat template (the prompt grows by them), and
+    the answer goes through vLLM's hermes parser. A random-weight model writes no tool call, so the parser is
+    shown on Qwen3's format directly, through the same code the server runs."""
+    plain = real_client.chat.completions.create(model="tiny-qwen3", messages=QUESTION, max_tokens=8, seed=1)
+    with_tools = real_client.chat.completions.create(
+        model="tiny-qwen3", messages=QUESTION, max_tokens=8, seed=1, tools=TOOLS, tool_choice="auto"
+    )
+    tokenizer = AutoTokenizer.from_pretrained(real_models["qwen3"])
+    rendered = tokenizer.apply_chat_template(QUESTION, tools=TOOLS, add_generation_prompt=True, tokenize=False)
+    assert '"name": "add"' in rendered
+    assert with_tools.usage.prompt_tokens == len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    assert with_tools.usage.prompt_tokens > plain.usage.prompt_tokens + 20
+    assert with_tools.choices[0].finish_reason in ("stop", "length") and not with_tools.choices[0].message.tool_calls
+    with pytest.raises(BadRequestError, match="tool-call parser"):  # a variant without one refuses tools
+        real_client.chat.completions.create(model="tiny-r1", messages=QUESTION, tools=TOOLS)
+
+    from server.config import VariantConfig
+    from server.engine import VariantEngine
+
+    engine = VariantEngine(VariantConfig(name="tiny-qwen3", path=real_models["qwen3"], tool_parser="hermes"))
+    engine.tokenizer = tokenizer
+    request = {"model": "tiny-qwen3", "messages": QUESTION, "tools": TOOLS}
+    text = 'Let me add.\n<tool_call>\n{"name": "add", "arguments": {"a": 33, "b": 22}}\n</tool_call>'
+    content, calls = engine.tool_calls(text, request)
+    assert content == "Let me add.\n" and len(calls) == 1
+    assert calls[0]["type"] == "function" and calls[0]["id"].startswith("chatcmpl-tool-")
+    assert calls[0]["function"] == {"name": "add", "arguments": '{"a": 33, "b": 22}'}
+    assert engine.tool_calls("The answer is 170.", request) == ("The answer is 170.", [])
 
 
 def test_plain_model_answers_in_content(real_client):
