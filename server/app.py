@@ -14,7 +14,7 @@ from server.budgets import Calibration
 from server.config import ServerConfig
 from server.errors import install_error_handlers
 from server.middleware import LimitBody, RefuseWhileDraining, RequireAPIKey
-from server.routes import router
+from server.routes import document_stream_events, router
 from server.service import ChatService
 
 PLAYGROUND = Path(__file__).parent / "playground"
@@ -45,6 +45,7 @@ def build_app(config: ServerConfig, calibration: Calibration | None = None, api_
     app.state.service = service
     install_error_handlers(app)
     app.include_router(router)
+    document_stream_events(app)
     # The playground: a static page that uses the public API like any client (server/playground/).
     app.mount("/playground", StaticFiles(directory=PLAYGROUND, html=True), name="playground")
     app.add_api_route("/", lambda: RedirectResponse("/playground/"), include_in_schema=False)

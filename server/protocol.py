@@ -31,11 +31,18 @@ IGNORED_FIELDS = {
     "parallel_tool_calls",
 }
 # What a field we do not support may be sent as, meaning "off" (besides null).
-OFF_VALUES = {"function_call": ["none"]}
+OFF_VALUES = {"function_call": ["none"], "tool_choice": ["none"], "truncation": ["disabled"], "top_logprobs": [0]}
 
 
 def _is_off(name: str, value: Any) -> bool:
     return value is None or value is False or value == [] or value == {} or value in OFF_VALUES.get(name, [])
+
+
+def refuse_unsupported(extra: dict[str, Any]) -> None:
+    """Refuse (400 naming it) any field beyond a model's own that would change what is generated."""
+    for name, value in extra.items():
+        if name not in IGNORED_FIELDS and not _is_off(name, value):
+            raise UnsupportedParameter(name)
 
 
 class ContentPart(BaseModel):
@@ -192,9 +199,7 @@ class ChatCompletionRequest(BaseModel):
 
     @model_validator(mode="after")
     def _nothing_dropped(self) -> ChatCompletionRequest:
-        for name, value in (self.model_extra or {}).items():
-            if name not in IGNORED_FIELDS and not _is_off(name, value):
-                raise UnsupportedParameter(name)
+        refuse_unsupported(self.model_extra or {})
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
         if self.tool_choice not in (None, "none", "auto"):
@@ -296,3 +301,63 @@ def logprobs(answer: list, reasoning: list | None) -> dict[str, Any]:
     if reasoning is not None:
         body["reasoning_content"] = token_logprobs(reasoning)
     return body
+
+
+# --- response models: what /openapi.json documents. The `openai` SDK's own models (generated from OpenAI's
+# published spec), extended with long2short's fields; tests/test_server_openai.py checks every response, chunk
+# and error against the SDK's models.
+from openai.types.chat import ChatCompletion as _ChatCompletion  # noqa: E402
+from openai.types.chat import ChatCompletionChunk as _ChatCompletionChunk  # noqa: E402
+from openai.types.chat import ChatCompletionMessage as _ChatCompletionMessage  # noqa: E402
+from openai.types.chat.chat_completion import Choice as _Choice  # noqa: E402
+from openai.types.chat.chat_completion_chunk import Choice as _ChunkChoice  # noqa: E402
+from openai.types.chat.chat_completion_chunk import ChoiceDelta as _ChoiceDelta  # noqa: E402
+from openai.types.shared import ErrorObject  # noqa: E402
+
+
+class ReasoningMessage(_ChatCompletionMessage):
+    reasoning_content: str | None = Field(None, description="the reasoning (left out with include_reasoning false)")
+    reasoning: str | None = Field(None, description="the same text, under vLLM's newer name")
+
+
+class ReasoningChoice(_Choice):
+    message: ReasoningMessage
+    reasoning_truncated: bool = Field(description="whether the thinking budget cut the reasoning")
+
+
+class ChatCompletionResponse(_ChatCompletion):
+    choices: list[ReasoningChoice]
+
+
+class ReasoningDelta(_ChoiceDelta):
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+
+
+class ReasoningChunkChoice(_ChunkChoice):
+    delta: ReasoningDelta
+    reasoning_truncated: bool | None = Field(None, description="on a choice's last chunk")
+
+
+class ChatCompletionStreamChunk(_ChatCompletionChunk):
+    """One `data:` event of a streamed chat completion (the stream ends with `data: [DONE]`)."""
+
+    choices: list[ReasoningChunkChoice]
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorObject
+
+
+def event_schemas(events: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI component schemas of server-sent event types (`name -> model or union`): FastAPI documents only
+    JSON bodies. Each event's own definitions are named under it (`Name.Def`), so they never collide with the
+    JSON bodies' definitions of the same name (the SDK has many a `Choice`)."""
+    from pydantic import TypeAdapter
+
+    schemas: dict[str, Any] = {}
+    for name, event in events.items():
+        schema = TypeAdapter(event).json_schema(ref_template=f"#/components/schemas/{name}.{{model}}")
+        schemas |= {f"{name}.{key}": value for key, value in schema.pop("$defs", {}).items()}
+        schemas[name] = schema
+    return schemas

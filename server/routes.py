@@ -8,15 +8,47 @@ import weakref
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from openai.types.responses import Response as Response_
+from openai.types.responses import ResponseStreamEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from l2s.cards import read_card
 from server.budgets import as_budget, effort_budget
 from server.errors import APIError, sse_error
-from server.protocol import ChatCompletionRequest, now
+from server.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionStreamChunk,
+    ErrorResponse,
+    event_schemas,
+    now,
+)
+from server.responses import ResponsesRequest, closing_event, response_events, response_object
 from server.service import CLOSING
 
 router = APIRouter()
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503)}
+STREAM_EVENTS = {"ChatCompletionStreamChunk": ChatCompletionStreamChunk, "ResponseStreamEvent": ResponseStreamEvent}
+
+
+def _documented(whole: type, event: str) -> dict:
+    """`responses=` of a route answering `whole` as JSON, or `event`s (STREAM_EVENTS) as server-sent events."""
+    stream = {"text/event-stream": {"schema": {"$ref": f"#/components/schemas/{event}"}}}
+    return {200: {"model": whole, "content": stream}, **ERRORS}
+
+
+def document_stream_events(app) -> None:
+    """Add the stream events' schemas to the app's /openapi.json (FastAPI documents only JSON bodies)."""
+    make_schema = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            make_schema()["components"]["schemas"].update(event_schemas(STREAM_EVENTS))
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 SHUT_DOWN = APIError(503, "the server shut down before this request finished", code="shutting_down", retry_after=5)
 
 
@@ -74,7 +106,7 @@ async def list_models(request: Request) -> dict:
     return {"object": "list", "data": data}
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses=_documented(ChatCompletionResponse, "ChatCompletionStreamChunk"))
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     service = request.app.state.service
     plan = await service.plan(body)
@@ -83,15 +115,30 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         # A stream the server never starts (its client left first) never runs its cleanup: when it is dropped,
         # the service gives its slots back and counts a client that left.
         weakref.finalize(events, service.abandoned, plan)
-        return StreamingResponse(
-            _until_disconnected(request, events, service),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache"},
-        )
+        ending = sse_error(SHUT_DOWN) + "data: [DONE]\n\n"
+        return _event_stream(_until_disconnected(request, events, service, ending))
     return JSONResponse(await _unless_disconnected(request, service.complete(body, plan), service))
 
 
-async def _until_disconnected(request: Request, events, service):
+@router.post("/v1/responses", responses=_documented(Response_, "ResponseStreamEvent"))
+async def responses(body: ResponsesRequest, request: Request) -> Response:
+    """OpenAI's Responses API over the same variants, budgets and efforts (server/responses.py)."""
+    service = request.app.state.service
+    chat = body.to_chat()
+    plan = await service.plan(chat)
+    if body.stream:
+        events = response_events(service, body, plan)
+        weakref.finalize(events, service.abandoned, plan)
+        return _event_stream(_until_disconnected(request, events, service, closing_event(SHUT_DOWN)))
+    completion = await _unless_disconnected(request, service.complete(chat, plan), service)
+    return JSONResponse(response_object(body, plan, completion))
+
+
+def _event_stream(events) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _until_disconnected(request: Request, events, service, ending: str):
     """Pass SSE events on; when the client goes away, cancel the generation (which aborts it in the engine).
 
     Starlette stops pulling from a stream whose client left but never closes it, and closing an async generator
@@ -123,11 +170,11 @@ async def _until_disconnected(request: Request, events, service):
             batch = [await queue.get()]
             while not queue.empty():
                 batch.append(queue.get_nowait())
-            if CLOSING in batch:  # the server's shutdown grace is over: end the stream properly, now
+            if CLOSING in batch:  # the shutdown grace is over: end the stream properly (with `ending`), now
                 batch.remove(CLOSING)
                 if finished not in batch:  # (unless it has just ended by itself)
                     producer.cancel()
-                    yield "".join(batch) + sse_error(SHUT_DOWN) + "data: [DONE]\n\n"
+                    yield "".join(batch) + ending
                     return
             ended = batch[-1] is finished  # always last: the producer puts it as it ends
             if ended:

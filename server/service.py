@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from server.budgets import Calibration, choose_variant, effective_budget
@@ -38,6 +38,10 @@ class Plan:
     thinking_off: bool = False  # the chat template was told not to think: the completion is all content
 
     reserved: int = 0  # engine slots (sequences) held for this request until it ends
+    finals: list[Chunk | None] = field(default_factory=list)  # each choice's last chunk, once it has come
+
+    def __post_init__(self) -> None:
+        self.finals = self.finals or [None] * self.n
 
     def release(self) -> None:
         """Give back the engine slots this request reserved (once; every way a request ends calls it)."""
@@ -260,41 +264,53 @@ class ChatService:
         )
 
     def abandoned(self, plan: Plan) -> None:
-        """A planned stream that never started (its client left before the response began)."""
+        """A planned request that never reached the engine (its client left first, or the shutdown grace ran
+        out): its slots back, and counted. Nothing happens for one that did: it gave them back as it ended."""
         if plan.reserved:
             plan.release()
-            self.metrics.requests.labels(plan.engine.name, "499").inc()
+            self.metrics.requests.labels(plan.engine.name, "503" if self.closing else "499").inc()
 
     # --- running ------------------------------------------------------------------------------------------------
-    async def complete(self, request: ChatCompletionRequest, plan: Plan) -> dict:
-        """A whole (non-streaming) chat completion."""
+    async def run(self, plan: Plan) -> AsyncIterator[tuple[int, Chunk]]:
+        """The plan's (choice index, chunk)s as the engine makes them. However it ends, the request's slots are
+        given back and it is counted once by its real status: 200; 499 when the client went away (the consumer
+        stopped iterating) or 503 when the shutdown grace ran out; an engine failure is raised as an `APIError`
+        (503 + Retry-After if the engine died). `plan.finals` holds each choice's last chunk."""
         state = _Tracker(self, plan)
-        texts = [["", ""] for _ in range(plan.n)]
-        token_logprobs: list[tuple[list, list]] = [([], []) for _ in range(plan.n)]  # reasoning, answer
-        finals: list[Chunk | None] = [None] * plan.n
+        status = "499"
         try:
             chunks = plan.engine.stream(completion_id(), plan.prompt_ids, plan.sampling, plan.thinking_off)
             async with contextlib.aclosing(chunks):
                 async for index, chunk in chunks:
                     state.observe(chunk)
-                    texts[index][0] += chunk.reasoning
-                    texts[index][1] += chunk.answer
-                    if chunk.answer_logprobs is not None:
-                        token_logprobs[index][0].extend(chunk.reasoning_logprobs)
-                        token_logprobs[index][1].extend(chunk.answer_logprobs)
                     if chunk.finish_reason is not None:
-                        finals[index] = chunk
+                        plan.finals[index] = chunk
+                    yield index, chunk
+            status = "200"
+        except (asyncio.CancelledError, GeneratorExit):
+            status = "503" if self.closing else status
+            raise
         except Exception as error:
             failure = _engine_error(plan.engine, error)
-            state.finish(str(failure.status))
+            status = str(failure.status)
             raise failure from None
-        except BaseException:  # cancelled: the client went away, or the shutdown grace ran out
-            state.finish("503" if self.closing else "499")
-            raise
         finally:
             plan.release()
+            state.finish(status, finals=plan.finals)
+
+    async def complete(self, request: ChatCompletionRequest, plan: Plan) -> dict:
+        """A whole (non-streaming) chat completion."""
+        texts = [["", ""] for _ in range(plan.n)]
+        token_logprobs: list[tuple[list, list]] = [([], []) for _ in range(plan.n)]  # reasoning, answer
+        async with contextlib.aclosing(self.run(plan)) as chunks:
+            async for index, chunk in chunks:
+                texts[index][0] += chunk.reasoning
+                texts[index][1] += chunk.answer
+                if chunk.answer_logprobs is not None:
+                    token_logprobs[index][0].extend(chunk.reasoning_logprobs)
+                    token_logprobs[index][1].extend(chunk.answer_logprobs)
         choices = []
-        for index, final in enumerate(finals):
+        for index, final in enumerate(plan.finals):
             reasoning, answer = texts[index]
             shown = reasoning if request.include_reasoning else None
             reasoning_logprobs, answer_logprobs = token_logprobs[index]
@@ -312,19 +328,17 @@ class ChatService:
                     "reasoning_truncated": _truncated(final, plan.budget),
                 }
             )
-        state.finish("200", finals=finals)
         return {
             "id": completion_id(),
             "object": "chat.completion",
             "created": now(),
             "model": plan.engine.name,
             "choices": choices,
-            "usage": _usage(plan, finals),
+            "usage": _usage(plan),
         }
 
     async def stream(self, request: ChatCompletionRequest, plan: Plan) -> AsyncIterator[str]:
         """Server-sent events of a streaming chat completion, ending with `data: [DONE]`."""
-        state = _Tracker(self, plan)
         identifier, created = completion_id(), now()
 
         def event(choices: list[dict], usage_block: dict | None = None) -> str:
@@ -339,9 +353,8 @@ class ChatService:
                 body["usage"] = usage_block
             return f"data: {json.dumps(body)}\n\n"
 
-        finals: list[Chunk | None] = [None] * plan.n
         held = [""] * plan.n  # with tools, the answer is held back until the tool parser has read it whole
-        status = "499"  # unless it ends otherwise: the client went away
+        chunks = self.run(plan)
         try:
             for index in range(plan.n):
                 yield event(
@@ -354,10 +367,8 @@ class ChatService:
                         }
                     ]
                 )
-            chunks = plan.engine.stream(identifier, plan.prompt_ids, plan.sampling, plan.thinking_off)
             async with contextlib.aclosing(chunks):
                 async for index, chunk in chunks:
-                    state.observe(chunk)
                     reasoning = chunk.reasoning if request.include_reasoning else ""
                     answer, calls, finish_reason = chunk.answer, [], chunk.finish_reason
                     if request.uses_tools():
@@ -377,7 +388,6 @@ class ChatService:
                         "finish_reason": finish_reason,
                     }
                     if chunk.finish_reason is not None:
-                        finals[index] = chunk
                         choice["reasoning_truncated"] = _truncated(chunk, plan.budget)
                     scored = choice["logprobs"] and any(
                         choice["logprobs"].get(k) for k in ("content", "reasoning_content")
@@ -385,18 +395,12 @@ class ChatService:
                     if choice["delta"] or scored or chunk.finish_reason is not None:
                         yield event([choice])
             if request.stream_options and request.stream_options.include_usage:
-                yield event([], _usage(plan, finals))
-            status = "200"
-        except (asyncio.CancelledError, GeneratorExit):
-            status = "503" if self.closing else status  # the shutdown grace ran out, or the client went away
-            raise
-        except Exception as error:  # the engine failed mid-stream: tell the client in-band, then end the stream
-            failure = _engine_error(plan.engine, error)
-            status = str(failure.status)
+                yield event([], _usage(plan))
+        except APIError as failure:  # the engine failed mid-stream: tell the client in-band, then end the stream
             yield sse_error(failure)
         finally:
-            plan.release()
-            state.finish(status, finals=finals)
+            await chunks.aclose()
+            self.abandoned(plan)  # if it never reached the engine (its client left first): its slots back
         yield "data: [DONE]\n\n"
 
 
@@ -431,8 +435,8 @@ def _truncated(final: Chunk | None, budget: int | None) -> bool:
     return final is not None and bool(budget) and final.reasoning_tokens >= budget
 
 
-def _usage(plan: Plan, finals: list[Chunk | None]) -> dict:
-    done = [final for final in finals if final is not None]
+def _usage(plan: Plan) -> dict:
+    done = [final for final in plan.finals if final is not None]
     return usage(
         prompt_tokens=len(plan.prompt_ids),
         completion_tokens=sum(final.completion_tokens for final in done),

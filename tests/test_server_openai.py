@@ -7,12 +7,15 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import time
+import typing
 
 import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionTokenLogprob
+from openai.types.responses import Response, ResponseStreamEvent
 from openai.types.shared import ErrorObject
+from pydantic import TypeAdapter
 
 pytestmark = pytest.mark.slow
 
@@ -101,12 +104,15 @@ REQUESTS = [  # (request body, expected status): what the SDK's models must pars
 ]
 
 
+def lossless(model_class, data: dict) -> None:
+    """`data` parses into the SDK's model (so it has every field OpenAI's spec requires, each of its type), and
+    nothing is lost on the way."""
+    parsed = TypeAdapter(model_class).validate_python(data)
+    assert parsed.model_dump(mode="json", exclude_unset=True) == data
+
+
 @pytest.mark.parametrize("body, status", REQUESTS)
 def test_every_response_parses_into_the_sdk_models_without_loss(server_url, body, status):
-    def lossless(model_class, data: dict) -> None:
-        parsed = model_class.model_validate(data)
-        assert parsed.model_dump(mode="json", exclude_unset=True) == data
-
     whole = httpx.post(f"{server_url}/v1/chat/completions", json=body, timeout=120)
     assert whole.status_code == status, whole.text
     if status != 200:
@@ -145,3 +151,56 @@ def test_a_long_concurrent_mix_with_retries_off(server_url):
             if wave < 3:
                 time.sleep(6)  # longer than uvicorn's default keep-alive (5 s)
     assert len(finished) == 100 and set(finished) <= {"stop", "length"}
+
+
+# the SDK's model of each stream event, by its `type` (the SDK's union is discriminated by `type`)
+EVENT_MODELS = {
+    typing.get_args(model.model_fields["type"].annotation)[0]: model
+    for model in typing.get_args(typing.get_args(ResponseStreamEvent)[0])
+}
+
+
+def test_responses_api_whole_and_streamed(client, server_url):
+    """`client.responses.create`: the same variants, budgets, efforts and `auto` as chat completions, the
+    reasoning as a `reasoning` output item, its token count in `output_tokens_details`."""
+    chat = _chat(client)
+    whole = client.responses.create(model="lab-long", input="What is 33+48?", temperature=0)
+    assert whole.status == "completed" and whole.output_text == chat.choices[0].message.content
+    reasoning, message = whole.output
+    assert reasoning.type == "reasoning" and reasoning.content[0].text == chat.choices[0].message.reasoning_content
+    assert message.type == "message" and message.role == "assistant"
+    details = whole.usage.output_tokens_details
+    assert details.reasoning_tokens == chat.usage.completion_tokens_details.reasoning_tokens
+    assert whole.usage.output_tokens == chat.usage.completion_tokens
+
+    budgeted = client.responses.create(
+        model="lab-long", input="What is 33+22+67+48?", temperature=0, extra_body={"thinking_token_budget": 8}
+    )
+    assert budgeted.usage.output_tokens_details.reasoning_tokens <= 8 and budgeted.output_text
+    routed = client.responses.create(model="auto", input=[{"role": "user", "content": "What is 3+4?"}],
+                                     reasoning={"effort": "low"})  # fmt: skip
+    assert routed.model == "lab-short"
+    cut = client.responses.create(model="lab-long", input="What is 33+48?", max_output_tokens=5)
+    assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"
+    sum_format = {"format": {"type": "json_schema", "name": "sum", "schema": SUM_SCHEMA}}
+    shaped = client.responses.create(model="lab-long", input="What is 33+48?", temperature=0, text=sum_format)
+    assert json.loads(shaped.output_text) == {"answer": "81"}
+
+    body = {"model": "lab-long", "input": "What is 33+48?", "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{server_url}/v1/responses", json=body, timeout=120) as stream:
+        events = [json.loads(line.removeprefix("data: ")) for line in stream.iter_lines() if line.startswith("data:")]
+    for event in events:
+        lossless(EVENT_MODELS[event["type"]], event)
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.completed"
+    final = Response.model_validate(events[-1]["response"])
+    lossless(Response, whole.model_dump(mode="json", exclude_unset=True))
+    assert final.output_text == whole.output_text and final.output[0].content == whole.output[0].content
+    deltas = [event["delta"] for event in events if event["type"] == "response.reasoning_text.delta"]
+    assert "".join(deltas) == reasoning.content[0].text
+
+    for unsupported in ({"previous_response_id": "resp_1"}, {"reasoning": {"summary": "auto"}},
+                        {"tools": [{"type": "web_search"}]}, {"background": True}):  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.responses.create(model="lab-long", input="hi", **unsupported)
+        assert raised.value.body["code"] == "unsupported_parameter"
