@@ -31,7 +31,7 @@ timed shortest "$L2S" distill shortest --model "$MODEL" --task "$TASK" --num-pro
 timed rl "$L2S" distill rl --model "$MODEL" --task "$TASK" --iterations 1 --problems-per-iteration 8 --k 4 \
   --max-tokens "$MAX_TOKENS" --validation-problems 16 --micro-batch-size 4 --gradient-checkpointing \
   --learning-rate 1e-6 "${extra[@]}" --out "$OUT/rl"
-tail -1 "runs/rl/rl/metrics.jsonl" >> "$OUT/summary.txt" || true
+tail -1 runs/rl/rl-*/metrics.jsonl >> "$OUT/summary.txt" || true
 mkdir -p "$OUT/serve-models" && ln -sfn "$(realpath "$OUT/rl")" "$OUT/serve-models/rl"
 cat > "$OUT/server.yaml" <<YAML
 defaults:

@@ -46,7 +46,7 @@ from distill.validation import Score, score_policy, select, validation_split
 from l2s.atomic import write_text_atomic
 from l2s.cards import atomic_model_dir, new_card, write_card
 from l2s.formats import split_completion
-from l2s.home import runs_dir
+from l2s.home import exclusive, run_dir_for
 from l2s.tasks import TaskProblem
 
 OPTIMIZER_FILE = "optimizer.pt"
@@ -397,13 +397,18 @@ def _restore_rng(raw) -> random.Random:
 
 
 def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | None = None) -> Path | None:
+    run_dir = run_dir_for("rl", out)  # one per output (its absolute path); the recipe is checked on --resume
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(run_dir):  # a second run on the same output is refused while this one lives
+        return _run(recipe, out, run_dir, resume, stop_after)
+
+
+def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: int | None) -> Path | None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from l2s.generation import close_engine, open_engine
 
-    run_dir = runs_dir("rl") / out.name
-    run_dir.mkdir(parents=True, exist_ok=True)
     recipe_path = run_dir / "recipe.json"
     if (
         resume

@@ -15,6 +15,7 @@ from pathlib import Path
 from l2s.cards import read_card, stable_hash
 from l2s.generation import EngineSettings
 from l2s.home import runs_dir
+from l2s.jsonl import CorruptFile, read_log
 from l2s.tasks import PromptPolicy, TaskProblem
 
 
@@ -59,6 +60,7 @@ def cache_path(
         "created": card.get("created"),
         "problems": [p.id for p in problems],
         **asdict(settings),
+        "seeds": "per-problem-id",  # (samples drawn before seeds were per problem are not reused)
         # only what is set, so caches from before these settings still hold
         **{key: value for key, value in prompt.model_dump().items() if value},
         **{f"engine_{k}": v for k, v in engine_settings.model_dump(exclude_defaults=True).items() if k != "seed"},
@@ -67,15 +69,21 @@ def cache_path(
 
 
 def _load(path: Path) -> dict[str, list[Sample]]:
+    """The cached samples by problem (a line cut off by a kill is dropped from the file and redone)."""
     groups: dict[str, list[Sample]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                sample = Sample(**json.loads(line))
-            except (json.JSONDecodeError, TypeError):
-                continue  # a line cut off by an interruption
-            groups.setdefault(sample.problem_id, []).append(sample)
+    for number, record in enumerate(read_log(path), start=1):
+        try:
+            sample = Sample(**record)
+        except TypeError:
+            raise CorruptFile(f"{path}:{number}: not a sample record; delete the file to redo its sampling") from None
+        groups.setdefault(sample.problem_id, []).append(sample)
     return groups
+
+
+def problem_seed(seed: int, problem_id: str) -> int:
+    """The seed of one problem's samples: from the run's seed and the problem's id, never from its position in
+    the work left, so a resumed run draws exactly what an uninterrupted one would."""
+    return int(stable_hash([seed, problem_id]), 16) % 2**31
 
 
 def draw_samples(
@@ -111,7 +119,7 @@ def draw_samples(
                         temperature=settings.temperature,
                         max_tokens=settings.max_tokens,
                         thinking_token_budget=settings.thinking_token_budget,
-                        seed=settings.seed + start,
+                        seed=[problem_seed(settings.seed, p.id) for p in batch],  # the same on any resume
                     )
                     for problem, group in zip(batch, outputs):
                         groups[problem.id] = [

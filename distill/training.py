@@ -4,14 +4,18 @@ resumes after an interruption, and writing the finished model atomically with it
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from pydantic import Field
 
 from distill.recipe import TaskRecipe
+from l2s.atomic import write_text_atomic
 from l2s.cards import atomic_model_dir, new_card, stable_hash, write_card
-from l2s.home import runs_dir
+from l2s.home import exclusive, run_dir_for
 from l2s.tasks import TaskProblem, load_task
+
+logger = logging.getLogger("l2s")
 
 
 class TrainedRecipe(TaskRecipe):
@@ -123,23 +127,41 @@ def common_training_arguments(recipe, work_dir: Path, max_length: int) -> dict:
 
 
 def work_dir_for(out: Path, recipe, data: list) -> Path:
-    """Where a run keeps its checkpoints: named by the output, the recipe and the training data, so that only
-    the same run resumes from them (a changed recipe or a rebuilt model starts afresh)."""
-    return runs_dir("distill") / f"{out.name}-{stable_hash([recipe.model_dump(), data])[:12]}"
+    """Where a run keeps its checkpoints: keyed on the output's absolute path, the recipe and the training data,
+    so that only the same run resumes from them (a changed recipe or a rebuilt model starts afresh)."""
+    return run_dir_for("distill", out, recipe.model_dump(), data)
 
 
 def train_resumably(trainer, work_dir: Path) -> None:
-    """Train, resuming from the last complete checkpoint in `work_dir` if an earlier run was interrupted."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    checkpoints = work_dir / "checkpoints"
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if last:
-        print(f"resuming from {last}")
-    trainer.train(resume_from_checkpoint=last)
-    (work_dir / "loss.json").write_text(
-        json.dumps([{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e])
+    """Train, resuming from the last complete checkpoint in `work_dir` if an earlier run was interrupted (one run
+    at a time: a second on the same work directory is refused)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(work_dir):
+        last = last_complete_checkpoint(work_dir / "checkpoints")
+        if last:
+            print(f"resuming from {last}")
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
+    write_text_atomic(
+        work_dir / "loss.json",
+        json.dumps([{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]),
     )
+
+
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest `checkpoint-N` that the Trainer finished writing: it writes `trainer_state.json` after the
+    weights, optimizer and scheduler, so one without it (a kill mid-save) is skipped, with a warning naming it."""
+    found = sorted(
+        (path for path in checkpoints.glob("checkpoint-*") if path.name.removeprefix("checkpoint-").isdigit()),
+        key=lambda path: int(path.name.removeprefix("checkpoint-")),
+        reverse=True,
+    )
+    for checkpoint in found:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return checkpoint
+        except (OSError, ValueError):
+            logger.warning("skipping %s: an incomplete checkpoint (a save that was interrupted)", checkpoint)
+    return None
 
 
 def save_model(

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from eval.metrics import percentile
+from l2s.atomic import write_text_atomic
 
 
 def build_calibration(records: list[dict], results: list[dict], meta: dict) -> dict:
@@ -50,4 +51,4 @@ def build_calibration(records: list[dict], results: list[dict], meta: dict) -> d
 
 
 def write_calibration(path: Path, calibration: dict) -> None:
-    path.write_text(json.dumps(calibration, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(calibration, indent=2) + "\n")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from l2s.atomic import write_text_atomic
 from l2s.flags import add_recipe_flags, recipe_overrides
 from l2s.generation import EngineSettings
 from l2s.tasks import PromptPolicy
@@ -209,7 +210,7 @@ def evaluate(args: EvalOptions) -> int:
         k: v for k, v in json.loads(arguments_path.read_text()).items() if k not in addable
     } != {k: v for k, v in meta.items() if k not in addable}:
         raise SystemExit(f"{out} holds a run with other arguments; use a new --out (or delete it)")
-    arguments_path.write_text(json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(arguments_path, json.dumps(meta, indent=2) + "\n")
     samples_path = out / "samples.jsonl"
     (run_offline if args.offline else run_api)(settings, samples_path)
 

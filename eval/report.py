@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from eval.metrics import AES_GAIN_WEIGHT, AES_LOSS_WEIGHT, aes, summarize
+from l2s.atomic import write_text_atomic
 
 
 def _condition_order(record: dict) -> tuple:
@@ -139,8 +140,8 @@ def write_report(out_dir: Path, results: list[dict], meta: dict) -> None:
         "![accuracy vs budget](accuracy_vs_budget.png)",
         "",
     ]
-    (out_dir / "report.md").write_text("\n".join(lines))
-    (out_dir / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    write_text_atomic(out_dir / "report.md", "\n".join(lines))
+    write_text_atomic(out_dir / "results.json", json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
 
 
 def _pareto(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:

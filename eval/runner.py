@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from l2s.cards import stable_hash
 from l2s.generation import EngineSettings
+from l2s.jsonl import CorruptFile, read_log
 from l2s.reasoning import split_text
 from l2s.tasks import PromptPolicy, TaskProblem
 
@@ -77,14 +78,16 @@ def sample_key_of(model: str, version: str | None, condition: Condition, problem
 
 
 def load_done(samples_path: Path) -> dict[tuple, dict]:
+    """The samples already in the log (a line cut off by a kill is dropped from the file: that sample runs again;
+    a corrupt line elsewhere is an error naming it)."""
     done = {}
-    if samples_path.is_file():
-        for line in samples_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut off by an interruption: that sample runs again
+    for number, record in enumerate(read_log(samples_path), start=1):
+        try:
             done[sample_key(record)] = record
+        except KeyError as error:
+            raise CorruptFile(
+                f"{samples_path}:{number}: not an eval sample (no {error}); delete the file to redo it"
+            ) from None
     return done
 
 

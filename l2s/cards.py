@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -21,8 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from l2s.atomic import write_text_atomic
+from l2s.atomic import publish_dir, write_text_atomic
 
+logger = logging.getLogger("l2s")
 CARD_FILE = "card.json"
 TEMP_PREFIX = ".tmp-"
 
@@ -116,6 +118,7 @@ def atomic_model_dir(final_dir: str | Path) -> Iterator[Path]:
     without an error. A failed or interrupted write leaves only a `.tmp-*` directory, never a model."""
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(final_dir)
     temporary = final_dir.parent / f"{TEMP_PREFIX}{final_dir.name}-{os.getpid()}"
     if temporary.exists():
         shutil.rmtree(temporary)
@@ -125,6 +128,25 @@ def atomic_model_dir(final_dir: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    os.replace(temporary, final_dir)
+    publish_dir(temporary, final_dir)  # synced, then swapped with any old model in one step
+
+
+def _remove_leftovers(final_dir: Path) -> None:
+    """Delete what killed writes of `final_dir` left (`.tmp-NAME-PID`, `.old-NAME-PID` of a process that is
+    gone); a live process's are its own business."""
+    for prefix in (TEMP_PREFIX, ".old-"):
+        for leftover in final_dir.parent.glob(f"{prefix}{final_dir.name}-*"):
+            pid = leftover.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                logger.warning("removing %s, left by an interrupted run", leftover)
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

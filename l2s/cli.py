@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from l2s.jsonl import CorruptFile
+
 
 def _lab_build(args: argparse.Namespace) -> int:
     from l2s.lab.build import build
@@ -115,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except CorruptFile as error:  # a file we wrote that does not read back: say which, and where, not a traceback
+        print(f"l2s: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

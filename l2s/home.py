@@ -9,8 +9,13 @@ the installed package's own files.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+from l2s.atomic import file_lock
+from l2s.cards import stable_hash
 
 
 def home() -> Path:
@@ -23,3 +28,20 @@ def runs_dir(kind: str) -> Path:
 
 def registry_path() -> Path:
     return home() / "registered_variants.yaml"
+
+
+def run_dir_for(kind: str, out: str | Path, *identity) -> Path:
+    """A run's working directory: named by its output's name, and keyed on the output's absolute path (two
+    outputs of the same name in different places never share one) and on whatever else must match to resume."""
+    out = Path(out)
+    return runs_dir(kind) / f"{out.name}-{stable_hash([str(out.resolve()), *identity])[:12]}"
+
+
+@contextlib.contextmanager
+def exclusive(run_dir: Path) -> Iterator[Path]:
+    """Hold `run_dir` for one run: a second run on it, while the first is alive, is refused at once."""
+    try:
+        with file_lock(run_dir / ".lock", wait=False):
+            yield run_dir
+    except BlockingIOError:
+        raise SystemExit(f"{run_dir} is in use by another run (wait for it, or give another output)") from None

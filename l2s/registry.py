@@ -10,7 +10,9 @@ from pathlib import Path
 
 import yaml
 
+from l2s.atomic import file_lock, write_text_atomic
 from l2s.home import registry_path
+from l2s.jsonl import CorruptFile
 
 logger = logging.getLogger("l2s.registry")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # what `l2s serve` accepts as a model id
@@ -22,8 +24,14 @@ def registered_variants(path: Path | None = None) -> dict[str, str]:
     path = path or registry_path()
     if not path.is_file():
         return {}
+    try:
+        entries = dict((yaml.safe_load(path.read_text()) or {}).get("variants") or {})
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError) as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise CorruptFile(f"{path}{where}: not a variant registry ({str(error).splitlines()[0]})") from None
     variants = {}
-    for name, model_dir in dict((yaml.safe_load(path.read_text()) or {}).get("variants", {})).items():
+    for name, model_dir in entries.items():
         if not isinstance(name, str) or not is_variant_name(name):
             logger.warning("%s: skipping the entry %r: not a valid variant name", path, name)
             continue
@@ -45,12 +53,11 @@ def check_variant_name(name: str) -> str:
 def register_variant(name: str, model_dir: str | Path, path: Path | None = None) -> None:
     check_variant_name(name)
     path = path or registry_path()
-    variants = registered_variants(path)
-    variants[name] = str(Path(model_dir).resolve())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(
-        "# Written by `l2s distill ... --register`; `l2s serve` hosts these next start.\n"
-        + yaml.safe_dump({"variants": variants}, sort_keys=True)
-    )
-    temporary.replace(path)
+    with file_lock(path.with_name(f".{path.name}.lock")):  # two --register at once: both entries land
+        variants = registered_variants(path)
+        variants[name] = str(Path(model_dir).resolve())
+        write_text_atomic(
+            path,
+            "# Written by `l2s distill ... --register`; `l2s serve` hosts these next start.\n"
+            + yaml.safe_dump({"variants": variants}, sort_keys=True),
+        )

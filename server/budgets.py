@@ -10,10 +10,10 @@ calibration file (measured quantiles and accuracies; see `eval/calibration.py` f
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from l2s.jsonl import CorruptFile, read_json
 from server.config import ServerConfig, VariantConfig
 
 
@@ -29,15 +29,19 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
-        raw = json.loads(Path(path).read_text())
+        """Read `calibration.json` (CorruptFile, naming the file, if it is not one)."""
+        raw = read_json(path, "calibration")
         efforts, accuracy, mean_tokens = {}, {}, {}
-        for name, entry in raw.get("variants", {}).items():
-            efforts[name] = {key: int(value) for key, value in entry.get("efforts", {}).items()}
-            accuracy[name], mean_tokens[name] = {}, {}
-            for point in entry.get("budgets", []):
-                budget = point["budget"]
-                accuracy[name][budget] = float(point["accuracy"])
-                mean_tokens[name][budget] = float(point.get("mean_reasoning_tokens", 0.0))
+        try:
+            for name, entry in raw.get("variants", {}).items():
+                efforts[name] = {key: int(value) for key, value in entry.get("efforts", {}).items()}
+                accuracy[name], mean_tokens[name] = {}, {}
+                for point in entry.get("budgets", []):
+                    budget = point["budget"]
+                    accuracy[name][budget] = float(point["accuracy"])
+                    mean_tokens[name][budget] = float(point.get("mean_reasoning_tokens", 0.0))
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise CorruptFile(f"{path}: not a calibration from `l2s eval --calibrate` ({error!r})") from None
         return cls(efforts=efforts, accuracy=accuracy, mean_tokens=mean_tokens, source=raw)
 
 

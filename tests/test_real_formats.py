@@ -189,7 +189,8 @@ def test_eval_and_distill_on_the_r1_format(real_models, tmp_path):
         cwd=tmp_path,
     )  # fmt: skip
     assert rl.returncode == 0, (rl.stdout + rl.stderr)[-3000:]
-    (metrics,) = [json.loads(line) for line in (tmp_path / "runs/rl/r1-rl/metrics.jsonl").read_text().splitlines()]
+    (run_dir,) = (tmp_path / "runs/rl").glob("r1-rl-*")
+    (metrics,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics["accuracy"] > 0.5 and metrics["engine_logprob_gap"] < 0.05
 
 

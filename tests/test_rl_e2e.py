@@ -47,13 +47,14 @@ def test_one_iteration_on_a_users_dataset(lab_models, tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     card = read_card(tmp_path / "lab-rl")
     assert card["method"] == "rl-opmd" and card["parents"] == ["lab-long"] and card["training"]["iterations"] == 1
-    metrics = [json.loads(line) for line in (tmp_path / "runs/rl/lab-rl/metrics.jsonl").read_text().splitlines()]
+    (run_dir,) = (tmp_path / "runs/rl").glob("lab-rl-*")  # keyed on the output's absolute path
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and metrics[0]["problems"] == 6
     keys = ("accuracy", "mean_length", "mean_reward", "kl_term", "engine_logprob_gap", "sampling_seconds")
     for key in keys:
         assert key in metrics[0]
     assert metrics[0]["mean_length_spread"] > 0  # the k samples of a problem are independent draws
-    assert (tmp_path / "runs/rl/lab-rl/training_curve.png").is_file()
+    assert (run_dir / "training_curve.png").is_file()
     # samples come from the policy being trained: the engine's and the trainer's log-probs agree
     assert metrics[0]["engine_logprob_gap"] < 0.05
     assert [v["iteration"] for v in card["training"]["validation"]] == [0, 1]
