@@ -224,6 +224,8 @@ def evaluate(args: EvalOptions) -> int:
         and r["problem_id"] in ids
         and r["sample"] < args.samples
     ]
+    # in one order whatever order they were written in (a resumed run writes them in another): the same figures
+    records.sort(key=lambda r: (r["model"], r["condition"], r["problem_id"], r["sample"]))
     meta["reference"] = _reference(args, names)
     results = build_results(records, names, meta["reference"])
     write_report(out, results, meta)
