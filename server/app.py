@@ -53,9 +53,9 @@ def build_app(config: ServerConfig, calibration: Calibration | None = None, api_
     # Added last, runs first: a body too large is refused first, then a draining server refuses before it
     # checks keys.
     if api_key:
-        app.add_middleware(RequireAPIKey, api_key=api_key)
+        app.add_middleware(RequireAPIKey, api_key=api_key, count=service.count_refusal)
     app.add_middleware(RefuseWhileDraining, service=service)
-    app.add_middleware(LimitBody, max_bytes=config.max_body_bytes)
+    app.add_middleware(LimitBody, max_bytes=config.max_body_bytes, count=service.count_refusal)
     return app
 
 

@@ -13,6 +13,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.protocol import UnsupportedParameter
 
+GENERATION_PATHS = {"/v1/chat/completions", "/v1/responses"}  # whose refusals count in l2s_requests_total
+
 logger = logging.getLogger("l2s.server")
 
 MAX_MESSAGE_CHARS = 500
@@ -82,6 +84,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if request.url.path in GENERATION_PATHS:  # counted under the variant the body named, if it names one
+            model = exc.body.get("model") if isinstance(exc.body, dict) else None
+            request.app.state.service.count_refusal(400, model)
         cause = (exc.errors()[0].get("ctx") or {}).get("error") if exc.errors() else None
         if isinstance(cause, UnsupportedParameter):
             return error_response(APIError(400, str(cause), code="unsupported_parameter", param=cause.name))

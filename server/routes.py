@@ -124,7 +124,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 async def responses(body: ResponsesRequest, request: Request) -> Response:
     """OpenAI's Responses API over the same variants, budgets and efforts (server/responses.py)."""
     service = request.app.state.service
-    chat = body.to_chat()
+    try:
+        chat = body.to_chat()
+    except APIError:
+        service.count_refusal(400, body.model)
+        raise
     plan = await service.plan(chat)
     if body.stream:
         events = response_events(service, body, plan)

@@ -169,6 +169,12 @@ class ChatService:
                 self.metrics.requests.labels(label, str(error.status)).inc()
             raise
 
+    def count_refusal(self, status: int, model: object = None) -> None:
+        """Count a request refused before it could be planned: invalid (400), too large (413), unauthorised (401),
+        or arriving while the server drains (503). Its variant, when the body named a hosted one."""
+        label = model if isinstance(model, str) and model in self.engines else "unknown"
+        self.metrics.requests.labels(label, str(status)).inc()
+
     def _admit(self, name: str, request: ChatCompletionRequest) -> VariantEngine:
         if self.draining:
             raise APIError(503, "the server is shutting down", code="shutting_down", retry_after=5)

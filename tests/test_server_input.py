@@ -214,3 +214,37 @@ def test_admission_counts_sequences_and_reserves_before_awaiting(tmp_path):
     assert isinstance(too_many, APIError) and too_many.status == 400 and engine.in_flight == 0
     metrics = service.metrics.requests
     assert metrics.labels("v", "429")._value.get() == 7 and metrics.labels("v", "400")._value.get() == 1
+
+
+def _requests_counted(client, variant: str, status: int) -> float:
+    text = client.get("/metrics").text
+    line = f'l2s_requests_total{{status="{status}",variant="{variant}"}} '
+    return next((float(row.split()[-1]) for row in text.splitlines() if row.startswith(line)), 0.0)
+
+
+def test_refusals_before_planning_are_counted_by_status(client):
+    """Requests the server refuses before it plans them are in the requests metric too: an invalid body under
+    the variant it names (else `unknown`), a body too large, an unparseable one, and one to the Responses API."""
+    before = {
+        ("lab-long", 400): _requests_counted(client, "lab-long", 400),
+        ("unknown", 400): _requests_counted(client, "unknown", 400),
+        ("unknown", 413): _requests_counted(client, "unknown", 413),
+    }
+    post(client, temperature="hot")
+    post(client, model="nope", temperature="hot")
+    client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    client.post("/v1/responses", json={"model": "lab-long", "input": "hi", "max_output_tokens": "many"})
+    post(client, junk="x" * (65 * 1024))
+    assert _requests_counted(client, "lab-long", 400) == before[("lab-long", 400)] + 2
+    assert _requests_counted(client, "unknown", 400) == before[("unknown", 400)] + 2
+    assert _requests_counted(client, "unknown", 413) == before[("unknown", 413)] + 1
+
+
+def test_api_key_refusals_are_counted(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    keyed = TestClient(build_app(ServerConfig(variants=[VariantConfig(name="v", path=model)]), api_key="secret"))
+    assert keyed.post("/v1/chat/completions", json={"model": "v", "messages": MESSAGES}).status_code == 401
+    assert keyed.get("/v1/models").status_code == 401  # refused, but not a generation request: not counted
+    assert _requests_counted(keyed, "unknown", 401) == 1
