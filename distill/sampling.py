@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from l2s.atomic import file_lock
 from l2s.cards import read_card, stable_hash
 from l2s.generation import EngineSettings
 from l2s.home import runs_dir
@@ -69,15 +70,16 @@ def cache_path(
 
 
 def _load(path: Path) -> dict[str, list[Sample]]:
-    """The cached samples by problem (a line cut off by a kill is dropped from the file and redone)."""
-    groups: dict[str, list[Sample]] = {}
+    """The cached samples by problem, in sample order (a line cut off by a kill is dropped from the file and
+    redone; a group a kill left short is drawn again whole, and the redrawn samples replace its earlier ones)."""
+    groups: dict[str, dict[int, Sample]] = {}
     for number, record in enumerate(read_log(path), start=1):
         try:
             sample = Sample(**record)
         except TypeError:
             raise CorruptFile(f"{path}:{number}: not a sample record; delete the file to redo its sampling") from None
-        groups.setdefault(sample.problem_id, []).append(sample)
-    return groups
+        groups.setdefault(sample.problem_id, {})[sample.sample] = sample
+    return {pid: [group[index] for index in sorted(group)] for pid, group in groups.items()}
 
 
 def problem_seed(seed: int, problem_id: str) -> int:
@@ -98,11 +100,16 @@ def draw_samples(
 ) -> dict[str, list[Sample]]:
     """k verified samples per problem, by problem id; cached, and resumed from the cache after an interruption.
 
-    Pass an open `engine` to reuse it (RL samples from the same engine every iteration)."""
-    from l2s.generation import close_engine, generate, open_engine
-
+    Pass an open `engine` to reuse it."""
     path = cache_path(model_dir, problems, settings, cache_dir, prompt, engine_settings)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.with_name(f".{path.name}.lock")):  # runs sharing a cache take turns (shortest, dpo)
+        return _draw(path, model_dir, problems, settings, engine, batch_size, prompt, engine_settings)
+
+
+def _draw(path, model_dir, problems, settings, engine, batch_size, prompt, engine_settings) -> dict:
+    from l2s.generation import close_engine, generate, open_engine
+
     groups = {pid: samples for pid, samples in _load(path).items() if len(samples) == settings.k}
     todo = [p for p in problems if p.id not in groups]
     if todo:

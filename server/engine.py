@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from l2s.generation import cpu_scheduling, engine_dtype, model_max_length, on_gp
 from l2s.reasoning import PlainStream, ReasoningMarkers, ReasoningStream
 from server.config import VariantConfig
 
+logger = logging.getLogger("l2s.server")
 MARKER_PARSER = "l2s_markers"  # server/reasoning_parser.py's name in vLLM's registry
 _ENGINE_BUILDS = ThreadPoolExecutor(thread_name_prefix="engine-build")
 
@@ -194,18 +196,20 @@ class VariantEngine:
                 f"variant {self.name}: unknown tool_parser {name!r}; vLLM has {ToolParserManager.list_registered()}"
             )
 
-    def tool_calls(self, answer: str, request: dict) -> tuple[str | None, list[dict]]:
-        """The answer split by the variant's vLLM tool parser into its text and its tool calls (OpenAI's shape).
-        `request` is the chat request (its `messages` and `tools`), as vLLM's parsers read it."""
+    def tool_reader(self, request: dict) -> ToolReader:
+        """What reads tool calls out of this request's answers, with the variant's vLLM tool parser. Built when
+        the request is planned: vLLM's request model and parser refuse what they cannot read (ValueError: a
+        400) before anything is generated. `request` is the chat request (its `messages` and `tools`)."""
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.tool_parsers import ToolParserManager
 
-        vllm_request = ChatCompletionRequest.model_validate(request)
-        parser = ToolParserManager.get_tool_parser(self.variant.tool_parser)(self.tokenizer, vllm_request.tools)
-        found = parser.extract_tool_calls(answer, vllm_request)
-        if not found.tools_called:
-            return answer, []
-        return found.content or None, [call.model_dump() for call in found.tool_calls]
+        try:
+            vllm_request = ChatCompletionRequest.model_validate(request)
+            parser_class = ToolParserManager.get_tool_parser(self.variant.tool_parser)
+            parser_class(self.tokenizer, vllm_request.tools)
+        except Exception as error:  # pydantic's ValidationError is a ValueError; a parser may raise anything
+            raise ValueError(f"the tool parser cannot read this request: {str(error)[:300]}") from None
+        return ToolReader(lambda: parser_class(self.tokenizer, vllm_request.tools), vllm_request, self.name)
 
     def _structured_outputs_config(self) -> dict:
         """vLLM's structured outputs, told where a reasoning block ends (server/reasoning_parser.py) so that a
@@ -301,7 +305,8 @@ class VariantEngine:
             request_id,
             # where the reasoning ends, for structured outputs (server/reasoning_parser.py); with thinking
             # switched off there is no reasoning: the answer's constraint starts at once
-            reasoning_ended=True if thinking_off and sampling.structured_outputs else None,
+            # (and not from the prompt, whose earlier turns may hold an end marker)
+            reasoning_ended=thinking_off if markers and sampling.structured_outputs else None,
             reasoning_parser_kwargs={"start": markers.start, "end": markers.end} if markers else None,
         )
         async with contextlib.aclosing(outputs):
@@ -333,6 +338,26 @@ class VariantEngine:
                             answer_logprobs=logprobs["answer"] if sampling.logprobs is not None else None,
                         ),
                     )
+
+
+@dataclass
+class ToolReader:
+    """Reads one answer into its text and its tool calls (OpenAI's shape). An answer the parser fails on is
+    returned as text, with the failure logged: the generation is not lost to a parser's bug."""
+
+    new_parser: Any
+    request: Any
+    variant: str
+
+    def read(self, answer: str) -> tuple[str | None, list[dict]]:
+        try:
+            found = self.new_parser().extract_tool_calls(answer, self.request)
+        except Exception:
+            logger.exception("variant %s: the tool parser failed on an answer; returned as text", self.variant)
+            return answer, []
+        if not found.tools_called:
+            return answer, []
+        return found.content or None, [call.model_dump() for call in found.tool_calls]
 
 
 def _token_logprob(token: int, candidates: dict, top: int) -> TokenLogprob:

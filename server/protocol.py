@@ -135,7 +135,7 @@ class ChatCompletionRequest(BaseModel):
     model: str = Field(min_length=1, max_length=256, examples=["lab-long", "lab-short", "auto"])
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = Field(None, description="token id -> bias added to its logit (-100..100)")
-    logprobs: bool = False
+    logprobs: bool | None = None
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_INT32)
     max_tokens: int | None = Field(None, ge=1, le=MAX_INT32)
     n: int = Field(1, ge=1, le=16)

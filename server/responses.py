@@ -121,12 +121,12 @@ class ResponsesRequest(BaseModel):
             "chat_template_kwargs": self.chat_template_kwargs,
         }
         wanted = self.text.format if self.text else None
-        if wanted is not None and wanted.type == "json_schema":
-            schema = JSONSchema(name=wanted.name or "response", schema=wanted.schema_, strict=wanted.strict)
-            fields["response_format"] = {"type": "json_schema", "json_schema": schema}
-        elif wanted is not None:
-            fields["response_format"] = {"type": wanted.type}
         try:
+            if wanted is not None and wanted.type == "json_schema":
+                schema = JSONSchema(name=wanted.name or "response", schema=wanted.schema_, strict=wanted.strict)
+                fields["response_format"] = {"type": "json_schema", "json_schema": schema}
+            elif wanted is not None:
+                fields["response_format"] = {"type": wanted.type}
             return ChatCompletionRequest.model_validate({k: v for k, v in fields.items() if v is not None})
         except ValidationError as error:
             first = error.errors()[0]

@@ -190,7 +190,8 @@ async def _until_disconnected(request: Request, events, service, ending: str):
     finally:
         service.open_streams.discard(queue)
         watcher.cancel()
-        producer.cancel()
+        if not producer.cancelling():  # cancelled once already: a second cancel could cut vLLM's abort short
+            producer.cancel()
 
 
 async def _unless_disconnected(request: Request, work, service):

@@ -16,7 +16,7 @@ from typing import Any
 
 from server.budgets import Calibration, choose_variant, effective_budget
 from server.config import ServerConfig
-from server.engine import Chunk, GenerationParams, VariantEngine
+from server.engine import Chunk, GenerationParams, ToolReader, VariantEngine
 from server.errors import APIError, sse_error
 from server.metrics import ServerMetrics
 from server.protocol import ChatCompletionRequest, completion_id, delta, logprobs, message, now, usage
@@ -36,6 +36,7 @@ class Plan:
     budget: int | None
     n: int
     thinking_off: bool = False  # the chat template was told not to think: the completion is all content
+    tools: ToolReader | None = None  # reads tool calls out of the answers, when the request has tools
 
     reserved: int = 0  # engine slots (sequences) held for this request until it ends
     finals: list[Chunk | None] = field(default_factory=list)  # each choice's last chunk, once it has come
@@ -204,6 +205,7 @@ class ChatService:
         if switch and budget == 0 and switch not in template_kwargs:
             template_kwargs[switch] = False  # reasoning_effort "none" / a zero budget: no thinking, by the template
         thinking_off = bool(switch) and template_kwargs.get(switch) is False
+        tools = None
         if request.uses_tools():
             if variant.tool_parser is None:
                 raise APIError(
@@ -214,6 +216,10 @@ class ChatService:
                     param="tools",
                 )
             template_kwargs["tools"] = [tool.model_dump(exclude_none=True) for tool in request.tools]
+            try:
+                tools = engine.tool_reader(_tool_request(request))
+            except ValueError as error:
+                raise APIError(400, str(error), code="invalid_parameter", param="tools") from None
         if thinking_off or not engine.format.reasons:
             budget = None  # nothing to cap: the completion holds no reasoning
         messages = [m.for_template() for m in request.messages]
@@ -267,6 +273,7 @@ class ChatService:
             n=request.n,
             thinking_off=thinking_off,
             reserved=request.n,
+            tools=tools,
         )
 
     def abandoned(self, plan: Plan) -> None:
@@ -321,8 +328,8 @@ class ChatService:
             shown = reasoning if request.include_reasoning else None
             reasoning_logprobs, answer_logprobs = token_logprobs[index]
             calls = []
-            if request.uses_tools():
-                answer, calls = plan.engine.tool_calls(answer, _tool_request(request))
+            if plan.tools:
+                answer, calls = plan.tools.read(answer)
             choices.append(
                 {
                     "index": index,
@@ -330,7 +337,7 @@ class ChatService:
                     "logprobs": logprobs(answer_logprobs, reasoning_logprobs if shown is not None else None)
                     if request.logprobs
                     else None,
-                    "finish_reason": "tool_calls" if calls else final.finish_reason if final else "stop",
+                    "finish_reason": _finish_reason(final, calls),
                     "reasoning_truncated": _truncated(final, plan.budget),
                 }
             )
@@ -377,12 +384,12 @@ class ChatService:
                 async for index, chunk in chunks:
                     reasoning = chunk.reasoning if request.include_reasoning else ""
                     answer, calls, finish_reason = chunk.answer, [], chunk.finish_reason
-                    if request.uses_tools():
+                    if plan.tools:
                         held[index] += answer
                         answer = ""
                         if finish_reason is not None:
-                            answer, calls = plan.engine.tool_calls(held[index], _tool_request(request))
-                            answer, finish_reason = answer or "", "tool_calls" if calls else finish_reason
+                            answer, calls = plan.tools.read(held[index])
+                            answer, finish_reason = answer or "", _finish_reason(chunk, calls)
                     choice = {
                         "index": index,
                         "delta": delta(answer, reasoning, tool_calls=calls),
@@ -418,6 +425,12 @@ def _json_schema(request: ChatCompletionRequest) -> dict | None:
     if wanted.type == "json_object":
         return {}
     return wanted.json_schema.schema_ or {"type": "object"}
+
+
+def _finish_reason(final: Chunk | None, calls: list[dict]) -> str:
+    """OpenAI's finish reason: `tool_calls` when the answer called tools and ended by itself."""
+    reason = final.finish_reason if final else "stop"
+    return "tool_calls" if calls and reason == "stop" else reason
 
 
 def _tool_request(request: ChatCompletionRequest) -> dict:

@@ -138,11 +138,15 @@ def test_tools_reach_the_template_and_the_tool_parser(real_client, real_models):
     engine.tokenizer = tokenizer
     request = {"model": "tiny-qwen3", "messages": QUESTION, "tools": TOOLS}
     text = 'Let me add.\n<tool_call>\n{"name": "add", "arguments": {"a": 33, "b": 22}}\n</tool_call>'
-    content, calls = engine.tool_calls(text, request)
+    reader = engine.tool_reader(request)
+    content, calls = reader.read(text)
     assert content == "Let me add.\n" and len(calls) == 1
     assert calls[0]["type"] == "function" and calls[0]["id"].startswith("chatcmpl-tool-")
     assert calls[0]["function"] == {"name": "add", "arguments": '{"a": 33, "b": 22}'}
-    assert engine.tool_calls("The answer is 170.", request) == ("The answer is 170.", [])
+    assert reader.read("The answer is 170.") == ("The answer is 170.", [])
+    broken = QUESTION + [{"role": "assistant", "content": "", "tool_calls": "oops"}]
+    with pytest.raises(ValueError, match="tool parser cannot read"):  # a 400 at planning, before any generation
+        engine.tool_reader({"model": "tiny-qwen3", "messages": broken, "tools": TOOLS})
 
 
 def test_plain_model_answers_in_content(real_client):

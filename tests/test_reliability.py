@@ -169,3 +169,21 @@ def test_sample_seeds_come_from_the_problem_not_its_position():
     assert problem_seed(0, "lab-3-17") == problem_seed(0, "lab-3-17")
     assert len({problem_seed(0, f"p{i}") for i in range(100)}) == 100
     assert problem_seed(1, "p0") != problem_seed(0, "p0")
+
+
+def test_a_sample_group_cut_short_is_redrawn_whole(tmp_path):
+    from dataclasses import asdict
+
+    from distill.sampling import Sample, _load
+
+    def sample(problem: str, index: int, text: str) -> str:
+        record = Sample(problem, index, text, [1], 1, 1, True, True)
+        return json.dumps(asdict(record)) + "\n"
+
+    cache = tmp_path / "samples.jsonl"
+    # problem b: killed after 1 of its 2 samples; the rerun appended the whole group again
+    cache.write_text(sample("a", 0, "a0") + sample("a", 1, "a1") + sample("b", 0, "old") + sample("b", 0, "b0")
+                     + sample("b", 1, "b1"))  # fmt: skip
+    groups = _load(cache)
+    assert [s.completion for s in groups["a"]] == ["a0", "a1"]
+    assert [s.completion for s in groups["b"]] == ["b0", "b1"]

@@ -42,6 +42,7 @@ def test_a_request_that_passes_every_check_reaches_the_engines(client):
         metadata={"k": "v"},
         logprobs=True,
         top_logprobs=2,
+        parallel_tool_calls=None,
         response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}},
         tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
         tool_choice="auto",
@@ -125,6 +126,19 @@ def test_fields_we_do_not_honour_are_refused_by_name(client, fields):
 def test_malformed_openai_fields(client, fields, says):
     response = post(client, **fields)
     assert response.status_code == 400 and says in error(response)["message"], response.text
+
+
+def test_off_values_of_honoured_fields_are_accepted(client):
+    response = post(client, logprobs=None, top_logprobs=None, response_format=None, tools=None, tool_choice=None)
+    assert response.status_code == 503 and error(response)["code"] == "not_ready", response.text
+
+
+def test_responses_refusals_are_400s(client):
+    body = {"model": "lab-long", "input": "hi"}
+    long_name = {"text": {"format": {"type": "json_schema", "name": "n" * 65, "schema": {"type": "object"}}}}
+    for extra in (long_name, {"input": []}, {"previous_response_id": "resp_1"}, {"max_output_tokens": 0}):
+        response = client.post("/v1/responses", json=body | extra)
+        assert response.status_code == 400, (extra, response.text)
 
 
 def test_stream_options_only_with_a_stream(client):
