@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from distill.recipe import TaskRecipe
 from distill.rewards import baseline, total_rewards
 from distill.validation import Score, score_policy, select, validation_split
-from l2s.atomic import write_text_atomic
+from l2s.atomic import save_figure_atomic, write_text_atomic
 from l2s.cards import atomic_model_dir, new_card, write_card
 from l2s.formats import split_completion
 from l2s.home import exclusive, run_dir_for
@@ -591,7 +591,7 @@ def plot_training_curve(history: list[dict], validation: list[dict], chosen: int
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     draw_training_curve(axes, history, validation, chosen, label=None)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure_atomic(figure, path, dpi=110)
     plt.close(figure)
 
 

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from l2s.atomic import write_text_atomic
+from l2s.atomic import save_figure_atomic, write_text_atomic
 from l2s.cards import read_card
 
 GOAL_ACCURACY_DROP = 0.01
@@ -191,7 +191,7 @@ def plot_runs(runs: list[tuple], path: Path, title: str) -> None:
         draw_training_curve(axes, history, validation, chosen, label=label, color=f"C{index}")
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure_atomic(figure, path, dpi=110)
     plt.close(figure)
 
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from l2s.atomic import write_text_atomic
 from l2s.flags import add_recipe_flags, recipe_overrides
 from l2s.generation import EngineSettings
+from l2s.jsonl import read_json
 from l2s.tasks import PromptPolicy
 
 
@@ -207,7 +208,7 @@ def evaluate(args: EvalOptions) -> int:
     # Models and conditions may be added to a run (its samples are keyed by both); anything else would mix.
     addable = ("models", "conditions")
     if arguments_path.is_file() and {
-        k: v for k, v in json.loads(arguments_path.read_text()).items() if k not in addable
+        k: v for k, v in read_json(arguments_path, "eval arguments file").items() if k not in addable
     } != {k: v for k, v in meta.items() if k not in addable}:
         raise SystemExit(f"{out} holds a run with other arguments; use a new --out (or delete it)")
     write_text_atomic(arguments_path, json.dumps(meta, indent=2) + "\n")

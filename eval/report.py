@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from eval.metrics import AES_GAIN_WEIGHT, AES_LOSS_WEIGHT, aes, summarize
-from l2s.atomic import write_text_atomic
+from l2s.atomic import save_figure_atomic, write_text_atomic
 
 
 def _condition_order(record: dict) -> tuple:
@@ -187,7 +187,7 @@ def plot(out_dir: Path, results: list[dict]) -> None:
     axes.set_title("Accuracy vs reasoning tokens")
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(out_dir / "accuracy_vs_tokens.png", dpi=120)
+    save_figure_atomic(figure, out_dir / "accuracy_vs_tokens.png", dpi=120)
     plt.close(figure)
 
     # accuracy vs budget: one curve per variant; unbudgeted drawn at the right end
@@ -211,5 +211,5 @@ def plot(out_dir: Path, results: list[dict]) -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(out_dir / "accuracy_vs_budget.png", dpi=120)
+    save_figure_atomic(figure, out_dir / "accuracy_vs_budget.png", dpi=120)
     plt.close(figure)

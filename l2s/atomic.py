@@ -88,3 +88,14 @@ def file_lock(path: str | Path, wait: bool = True) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def save_figure_atomic(figure, path: str | Path, **savefig_kwargs) -> None:
+    """A matplotlib figure written like any other file: whole, or not at all."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{threading.get_ident()}{path.suffix}")
+    figure.savefig(temporary, **savefig_kwargs)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    sync_directory(path.parent)

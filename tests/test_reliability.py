@@ -187,3 +187,32 @@ def test_a_sample_group_cut_short_is_redrawn_whole(tmp_path):
     groups = _load(cache)
     assert [s.completion for s in groups["a"]] == ["a0", "a1"]
     assert [s.completion for s in groups["b"]] == ["b0", "b1"]
+
+
+def test_a_corrupt_eval_arguments_file_is_one_clear_line(tmp_path, lab_models):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "arguments.json").write_text('{"task": "lab", "num_')  # a run killed while it wrote them (before this fix)
+    result = subprocess.run(
+        [sys.executable, "-m", "l2s.cli", "eval", "--offline", "--model", str(lab_models / "lab-long"),
+         "--num-problems", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"{out / 'arguments.json'}:1: not a valid JSON eval arguments file" in result.stderr
+
+
+def test_figures_are_written_whole(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from l2s.atomic import save_figure_atomic
+
+    figure, axes = plt.subplots()
+    axes.plot([0, 1], [1, 0])
+    save_figure_atomic(figure, tmp_path / "plot.png", dpi=50)
+    assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG") and [p.name for p in tmp_path.iterdir()] == [
+        "plot.png"
+    ]
