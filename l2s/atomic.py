@@ -14,16 +14,25 @@ import fcntl
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
+    _write_atomic(Path(path), lambda temporary: temporary.write_text(text))
+
+
+def save_figure_atomic(figure, path: str | Path, **savefig_kwargs) -> None:
+    """A matplotlib figure written like any other file: whole, or not at all."""
+    _write_atomic(Path(path), lambda temporary: figure.savefig(temporary, **savefig_kwargs))
+
+
+def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """`write` the content to a temporary file beside `path` (same suffix, for writers that read it), sync it,
+    rename it over `path`, sync the directory."""
+    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{threading.get_ident()}{path.suffix}")
+    write(temporary)
+    with open(temporary, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(temporary, path)
     sync_directory(path.parent)
@@ -88,14 +97,3 @@ def file_lock(path: str | Path, wait: bool = True) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def save_figure_atomic(figure, path: str | Path, **savefig_kwargs) -> None:
-    """A matplotlib figure written like any other file: whole, or not at all."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{threading.get_ident()}{path.suffix}")
-    figure.savefig(temporary, **savefig_kwargs)
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    sync_directory(path.parent)

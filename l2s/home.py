@@ -40,11 +40,9 @@ def run_dir_for(kind: str, out: str | Path, *identity) -> Path:
 @contextlib.contextmanager
 def exclusive(run_dir: Path) -> Iterator[Path]:
     """Hold `run_dir` for one run: a second run on it, while the first is alive, is refused at once."""
-    lock = file_lock(run_dir / ".lock", wait=False)
-    try:
-        lock.__enter__()
-    except BlockingIOError:
-        raise SystemExit(f"{run_dir} is in use by another run (wait for it, or give another output)") from None
     with contextlib.ExitStack() as held:
-        held.push(lock)  # released however the run ends; an error of the run itself passes through as it is
-        yield run_dir
+        try:
+            held.enter_context(file_lock(run_dir / ".lock", wait=False))
+        except BlockingIOError:
+            raise SystemExit(f"{run_dir} is in use by another run (wait for it, or give another output)") from None
+        yield run_dir  # (an error of the run itself passes through as it is)

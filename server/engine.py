@@ -319,12 +319,13 @@ class VariantEngine:
                     if choice.finish_reason is not None:
                         tail_reasoning, tail_answer = splitter.flush()
                         reasoning, answer = reasoning + tail_reasoning, answer + tail_answer
-                    logprobs: dict[str | None, list[TokenLogprob]] = {"reasoning": [], "answer": []}
+                    scored: dict[str, list[TokenLogprob]] | None = None  # by phase, when logprobs were asked for
                     if sampling.logprobs is not None:
+                        scored = {"reasoning": [], "answer": []}
                         for i, phase in zip(kept, splitter.phases, strict=True):
-                            if phase is not None:
+                            if phase is not None:  # (a marker belongs to neither)
                                 token = choice.token_ids[i]
-                                logprobs[phase].append(_token_logprob(token, choice.logprobs[i], sampling.logprobs))
+                                scored[phase].append(_token_logprob(token, choice.logprobs[i], sampling.logprobs))
                     yield (
                         choice.index,
                         Chunk(
@@ -334,8 +335,8 @@ class VariantEngine:
                             answer_tokens=splitter.answer_tokens,
                             completion_tokens=generated[choice.index],
                             finish_reason=choice.finish_reason,
-                            reasoning_logprobs=logprobs["reasoning"] if sampling.logprobs is not None else None,
-                            answer_logprobs=logprobs["answer"] if sampling.logprobs is not None else None,
+                            reasoning_logprobs=scored and scored["reasoning"],
+                            answer_logprobs=scored and scored["answer"],
                         ),
                     )
 

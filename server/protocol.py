@@ -14,7 +14,12 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat.chat_completion import Choice
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
+from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.shared import ErrorObject
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 MAX_MESSAGES = 256
 MAX_CONTENT_CHARS = 100_000
@@ -306,40 +311,33 @@ def logprobs(answer: list, reasoning: list | None) -> dict[str, Any]:
 # --- response models: what /openapi.json documents. The `openai` SDK's own models (generated from OpenAI's
 # published spec), extended with long2short's fields; tests/test_server_openai.py checks every response, chunk
 # and error against the SDK's models.
-from openai.types.chat import ChatCompletion as _ChatCompletion  # noqa: E402
-from openai.types.chat import ChatCompletionChunk as _ChatCompletionChunk  # noqa: E402
-from openai.types.chat import ChatCompletionMessage as _ChatCompletionMessage  # noqa: E402
-from openai.types.chat.chat_completion import Choice as _Choice  # noqa: E402
-from openai.types.chat.chat_completion_chunk import Choice as _ChunkChoice  # noqa: E402
-from openai.types.chat.chat_completion_chunk import ChoiceDelta as _ChoiceDelta  # noqa: E402
-from openai.types.shared import ErrorObject  # noqa: E402
 
 
-class ReasoningMessage(_ChatCompletionMessage):
+class ReasoningMessage(ChatCompletionMessage):
     reasoning_content: str | None = Field(None, description="the reasoning (left out with include_reasoning false)")
     reasoning: str | None = Field(None, description="the same text, under vLLM's newer name")
 
 
-class ReasoningChoice(_Choice):
+class ReasoningChoice(Choice):
     message: ReasoningMessage
     reasoning_truncated: bool = Field(description="whether the thinking budget cut the reasoning")
 
 
-class ChatCompletionResponse(_ChatCompletion):
+class ChatCompletionResponse(ChatCompletion):
     choices: list[ReasoningChoice]
 
 
-class ReasoningDelta(_ChoiceDelta):
+class ReasoningDelta(ChoiceDelta):
     reasoning_content: str | None = None
     reasoning: str | None = None
 
 
-class ReasoningChunkChoice(_ChunkChoice):
+class ReasoningChunkChoice(ChunkChoice):
     delta: ReasoningDelta
     reasoning_truncated: bool | None = Field(None, description="on a choice's last chunk")
 
 
-class ChatCompletionStreamChunk(_ChatCompletionChunk):
+class ChatCompletionStreamChunk(ChatCompletionChunk):
     """One `data:` event of a streamed chat completion (the stream ends with `data: [DONE]`)."""
 
     choices: list[ReasoningChunkChoice]
@@ -353,8 +351,6 @@ def event_schemas(events: dict[str, Any]) -> dict[str, Any]:
     """OpenAPI component schemas of server-sent event types (`name -> model or union`): FastAPI documents only
     JSON bodies. Each event's own definitions are named under it (`Name.Def`), so they never collide with the
     JSON bodies' definitions of the same name (the SDK has many a `Choice`)."""
-    from pydantic import TypeAdapter
-
     schemas: dict[str, Any] = {}
     for name, event in events.items():
         schema = TypeAdapter(event).json_schema(ref_template=f"#/components/schemas/{name}.{{model}}")

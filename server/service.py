@@ -39,10 +39,10 @@ class Plan:
     tools: ToolReader | None = None  # reads tool calls out of the answers, when the request has tools
 
     reserved: int = 0  # engine slots (sequences) held for this request until it ends
-    finals: list[Chunk | None] = field(default_factory=list)  # each choice's last chunk, once it has come
+    finals: list[Chunk | None] = field(init=False)  # each choice's last chunk, once it has come
 
     def __post_init__(self) -> None:
-        self.finals = self.finals or [None] * self.n
+        self.finals = [None] * self.n
 
     def release(self) -> None:
         """Give back the engine slots this request reserved (once; every way a request ends calls it)."""
@@ -257,7 +257,7 @@ class ChatService:
             repetition_penalty=request.repetition_penalty,
             logprobs=request.logprobs_wanted(),
             json_schema=_json_schema(request),
-            keep_special_tokens=request.uses_tools(),  # tool-call markers are special tokens in many models
+            keep_special_tokens=tools is not None,  # tool-call markers are special tokens in many models
         )
         if any(token >= engine.vocab_size for token in params.logit_bias):
             raise APIError(400, f"logit_bias: token ids must be below {engine.vocab_size}", param="logit_bias")
