@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 from pydantic import Field
@@ -97,8 +98,8 @@ def longest_prompt(tokenizer, prompts: list[list[dict] | str]) -> int:
 
 def common_training_arguments(recipe, work_dir: Path, max_length: int) -> dict:
     """Settings every TRL trainer here takes: the GPU with bf16 when there is one (else the CPU in float32),
-    checkpoints every `save_steps` (kept: the last two), loss logged every 10 steps, a progress bar, no external
-    reporting."""
+    checkpoints every `save_steps` (kept: the last two), loss logged every 10 steps or fewer, a progress bar, no
+    external reporting."""
     import torch
 
     gpu = torch.cuda.is_available()
@@ -110,7 +111,9 @@ def common_training_arguments(recipe, work_dir: Path, max_length: int) -> dict:
         learning_rate=recipe.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=recipe.warmup_steps,
-        logging_steps=min(10, recipe.max_steps or 10),  # short runs still log their loss
+        # short runs still log their loss; every checkpoint is at a logging step, or a resumed run would log the
+        # mean loss of fewer steps than an uninterrupted one (the Trainer restarts its running sum on resuming)
+        logging_steps=math.gcd(recipe.save_steps, min(10, recipe.max_steps or 10)),
         save_strategy="steps",
         save_steps=recipe.save_steps,
         save_total_limit=2,

@@ -19,23 +19,38 @@ from pathlib import Path
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    _write_atomic(Path(path), lambda temporary: temporary.write_text(text))
+    write_atomic(path, lambda temporary: temporary.write_text(text))
 
 
 def save_figure_atomic(figure, path: str | Path, **savefig_kwargs) -> None:
     """A matplotlib figure written like any other file: whole, or not at all."""
-    _write_atomic(Path(path), lambda temporary: figure.savefig(temporary, **savefig_kwargs))
+    write_atomic(path, lambda temporary: figure.savefig(temporary, **savefig_kwargs))
 
 
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
     """`write` the content to a temporary file beside `path` (same suffix, for writers that read it), sync it,
-    rename it over `path`, sync the directory."""
+    rename it over `path`, sync the directory. Temporaries that killed writers of `path` left are deleted."""
+    path = Path(path)
     temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{threading.get_ident()}{path.suffix}")
     write(temporary)
     with open(temporary, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(temporary, path)
     sync_directory(path.parent)
+    for leftover in path.parent.glob(f".{path.stem}.tmp-*{path.suffix}"):
+        pid = leftover.name.removeprefix(f".{path.stem}.tmp-").split("-", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, someone else's
+    return True
 
 
 def sync_directory(directory: str | Path) -> None:

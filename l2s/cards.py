@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from l2s.atomic import publish_dir, write_text_atomic
+from l2s.atomic import process_alive, publish_dir, write_text_atomic
 
 logger = logging.getLogger("l2s")
 CARD_FILE = "card.json"
@@ -137,16 +137,6 @@ def _remove_leftovers(final_dir: Path) -> None:
     for prefix in (TEMP_PREFIX, ".old-"):
         for leftover in final_dir.parent.glob(f"{prefix}{final_dir.name}-*"):
             pid = leftover.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 logger.warning("removing %s, left by an interrupted run", leftover)
                 shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

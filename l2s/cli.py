@@ -16,7 +16,10 @@ from l2s.jsonl import CorruptFile
 def _lab_build(args: argparse.Namespace) -> int:
     from l2s.lab.build import build
 
-    build(Path(args.out), Path(args.recipe), force_measure=args.remeasure, seed=args.seed)
+    build(
+        Path(args.out), Path(args.recipe), force_measure=args.remeasure, seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+    )  # fmt: skip
     return 0
 
 
@@ -30,13 +33,17 @@ def _add_lab(subparsers) -> None:
         help="train lab-base, lab-long and lab-short from scratch and measure them",
         description="Train the shared base, fine-tune it into lab-long (long CoT) and lab-short (no CoT), and "
         "measure both on held-out test problems with the vLLM engine. Stages whose recipe has not changed are "
-        "reused from the output directory.",
+        "reused from the output directory; a stage killed midway resumes from its last checkpoint.",
     )
     build.add_argument("--out", default="models", help="models directory (default: %(default)s)")
     build.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="lab recipe YAML (default: configs/lab.yaml)")
     build.add_argument(
         "--seed", type=int, default=None, help="override the recipe's seed (problems, tokenizer, training)"
     )
+    build.add_argument(
+        "--checkpoint-every", type=int, default=100, metavar="STEPS",
+        help="save a resumable checkpoint of the stage in training every this many steps (default: %(default)s)",
+    )  # fmt: skip
     build.add_argument(
         "--remeasure", action="store_true", help="measure the models again even if their cards have figures"
     )

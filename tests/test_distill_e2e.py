@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import pytest
-from conftest import write_sum_dataset
 
 from l2s.cards import find_models, read_card
 
@@ -70,36 +68,3 @@ def test_bad_recipe_fails_before_loading(tmp_path):
     result = _l2s("distill", "shortest", "--recipe", str(recipe), "--out", str(tmp_path / "never"))
     assert result.returncode != 0 and "invalid ShortestRecipe" in result.stderr
     assert not (tmp_path / "never").exists()
-
-
-@pytest.mark.parametrize("method,task", [("shortest", "jsonl"), ("dpo", "hf")])
-def test_trained_methods_small_on_a_users_dataset(lab_models, tmp_path, method, task):
-    """Both trained methods on data of the user's own, not the lab's generator: a jsonl file, an hf dataset."""
-    jsonl, hf_dir = write_sum_dataset(tmp_path / "data", 60)
-    out = tmp_path / f"lab-{method}"
-    result = _l2s(
-        "distill",
-        method,
-        "--model",
-        str(lab_models / "lab-long"),
-        "--task",
-        f"jsonl:{jsonl}" if task == "jsonl" else f"hf:{hf_dir}",
-        "--num-problems",
-        "48",
-        "--max-steps",
-        "4",
-        "--batch-size",
-        "8",
-        "--out",
-        str(out),
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    card = read_card(out)
-    assert card["parents"] == ["lab-long"] and card["training"]["steps"] == 4
-    assert card["data"]["problems"] == 48
-    _loads_in_transformers(out)
-    samples = list((tmp_path / "runs" / "samples").glob("*.jsonl"))
-    assert samples and len(samples[0].read_text().splitlines()) == 48 * 8
-    (loss,) = (tmp_path / "runs" / "distill").glob(f"{out.name}-*/loss.json")  # the run's own work directory
-    assert json.loads(loss.read_text())

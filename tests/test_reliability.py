@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from distill.sampling import problem_seed
 from distill.training import last_complete_checkpoint
-from l2s.atomic import publish_dir
+from l2s.atomic import publish_dir, write_text_atomic
 from l2s.cards import atomic_model_dir
 from l2s.home import exclusive
 from l2s.jsonl import CorruptFile, read_json, read_log
@@ -128,6 +129,18 @@ def test_replacing_a_model_swaps_it_whole_and_cleans_up_after_killed_writers(tmp
     (fresh / "weights").write_text("newest")
     publish_dir(fresh, final)
     assert (final / "weights").read_text() == "newest" and not fresh.exists()
+
+
+def test_a_file_write_cleans_up_after_killed_writers_of_that_file(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".results.tmp-{dead.pid}-1.json").write_text('{"half')  # a killed write of results.json
+    (tmp_path / f".results.tmp-{os.getpid()}-99.json").write_text("")  # a live writer's: its own business
+    (tmp_path / f".report.tmp-{dead.pid}-1.md").write_text("")  # another file's: cleaned when that is written
+    write_text_atomic(tmp_path / "results.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["results.json", f".results.tmp-{os.getpid()}-99.json", f".report.tmp-{dead.pid}-1.md"]
+    )
 
 
 def test_incomplete_trainer_checkpoints_are_skipped(tmp_path, caplog):

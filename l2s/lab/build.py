@@ -126,6 +126,7 @@ def _train_stage(
     problems: list[Problem],
     seed: int,
     traces: LongTraces,
+    checkpoint_every: int = 100,
 ) -> Path:
     stage_recipe = {"lab": recipe.model_dump(), "stage": name, "styles": styles}
     card = read_card(out_dir)
@@ -160,9 +161,17 @@ def _train_stage(
         batch_size=stage.batch_size,
         learning_rate=stage.learning_rate,
         warmup_steps=stage.warmup_steps,
+        checkpoint_every=checkpoint_every,
     )
+    # a kill mid-stage resumes from here; keyed on the stage's recipe and its parent, so only the same stage does
+    parent_hash = (read_card(parent) or {}).get("recipe_hash") if parent else None
+    checkpoint = out_dir.with_name(f".{out_dir.name}-{stable_hash([stage_recipe, parent_hash])[:12]}.train-state.pt")
+    for stale in out_dir.parent.glob(f".{out_dir.name}-*.train-state.pt"):
+        if stale != checkpoint:
+            stale.unlink()
     started = time.time()
-    losses = train(model, tokenizer, problems, _trace_maker(traces, styles), settings, seed, description=name)
+    maker = _trace_maker(traces, styles)
+    losses = train(model, tokenizer, problems, maker, settings, seed, description=name, checkpoint=checkpoint)
     seconds = time.time() - started
     with atomic_model_dir(out_dir) as temporary:
         model.save_pretrained(temporary)
@@ -186,6 +195,7 @@ def _train_stage(
             },
         )
         write_card(temporary, card)
+    checkpoint.unlink(missing_ok=True)
     return out_dir
 
 
@@ -244,7 +254,11 @@ def measure(model_dir: Path, problems: list[Problem], recipe: LabRecipe, sample:
 
 
 def build(
-    out: Path, recipe_path: Path = DEFAULT_RECIPE, force_measure: bool = False, seed: int | None = None
+    out: Path,
+    recipe_path: Path = DEFAULT_RECIPE,
+    force_measure: bool = False,
+    seed: int | None = None,
+    checkpoint_every: int = 100,
 ) -> dict[str, dict]:
     recipe = LabRecipe.load(recipe_path)
     if seed is not None:
@@ -273,6 +287,7 @@ def build(
         problems,
         recipe.seed,
         recipe.long_traces,
+        checkpoint_every,
     )
     tokenizer = PreTrainedTokenizerFast.from_pretrained(base)  # the base's own, also when it came from the cache
     long = _train_stage(
@@ -286,6 +301,7 @@ def build(
         problems,
         recipe.seed + 1,
         recipe.long.traces or recipe.long_traces,
+        checkpoint_every,
     )
     short = _train_stage(
         "lab-short",
@@ -298,6 +314,7 @@ def build(
         problems,
         recipe.seed + 2,
         recipe.long_traces,
+        checkpoint_every,
     )
     results = {}
     for model_dir, sample in ((long, True), (short, False)):

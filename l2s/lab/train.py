@@ -11,11 +11,13 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
+from l2s.atomic import write_atomic
 from l2s.lab.task import Problem
 
 
@@ -28,6 +30,7 @@ class TrainSettings:
     min_learning_rate_ratio: float = 0.1
     weight_decay: float = 0.01
     bucket_pool: int = 16  # batches sorted by length within a pool of this many batches
+    checkpoint_every: int = 100  # steps between resumable checkpoints (when train() is given a path)
 
 
 def encode_example(tokenizer: PreTrainedTokenizerFast, question: str, completion: str) -> tuple[list[int], list[int]]:
@@ -67,11 +70,14 @@ def train(
     settings: TrainSettings,
     seed: int,
     description: str,
+    checkpoint: Path | None = None,
 ) -> list[float]:
     """Train `model` in place for `settings.steps` steps; returns the loss per step.
 
     `make_completion` draws a fresh completion per use, so long traces vary across epochs as they do across
-    samples.
+    samples. With a `checkpoint` path, everything the loop carries (weights, AdamW's moments, the random states,
+    the data order and the batches drawn but not yet used) is saved there every `checkpoint_every` steps, and a
+    run killed in between resumes from it to exactly the weights an uninterrupted run reaches.
     """
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -79,18 +85,30 @@ def train(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay, betas=(0.9, 0.98)
     )
-    order: list[Problem] = []
+    order: list[int] = []  # indices into `problems`, shuffled each epoch
     pending: list[list[tuple[list[int], list[int]]]] = []
     losses: list[float] = []
-    progress = tqdm(range(settings.steps), desc=description, unit="step", dynamic_ncols=True)
+    start = 0
+    if checkpoint is not None and checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        rng.setstate(saved["rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        start, order, pending, losses = saved["step"], saved["order"], saved["pending"], saved["losses"]
+        print(f"{description}: resuming at step {start} from {checkpoint}")
+    progress = tqdm(
+        range(start, settings.steps), initial=start, total=settings.steps, desc=description, unit="step",
+        dynamic_ncols=True,
+    )  # fmt: skip
     for step in progress:
         if not pending:
             pool = []
             for _ in range(settings.batch_size * settings.bucket_pool):
                 if not order:
-                    order = list(problems)
+                    order = list(range(len(problems)))
                     rng.shuffle(order)
-                problem = order.pop()
+                problem = problems[order.pop()]
                 pool.append(encode_example(tokenizer, problem.question, make_completion(problem, rng)))
             pool.sort(key=lambda example: len(example[0]))
             pending = [pool[i : i + settings.batch_size] for i in range(0, len(pool), settings.batch_size)]
@@ -106,5 +124,13 @@ def train(
         losses.append(loss.item())
         if step % 10 == 0:
             progress.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+        done = step + 1
+        if checkpoint is not None and done % settings.checkpoint_every == 0 and done < settings.steps:
+            state = {
+                "step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "order": order, "pending": pending,
+                "losses": losses,
+            }  # fmt: skip
+            write_atomic(checkpoint, lambda temporary, state=state: torch.save(state, temporary))
     model.eval()
     return losses
