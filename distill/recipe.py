@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from l2s.generation import EngineSettings
+from l2s.jsonl import CorruptFile, read_yaml
 from l2s.tasks import TASK_KINDS, PromptPolicy
 
 R = TypeVar("R", bound="Recipe")
@@ -31,10 +31,10 @@ class Recipe(BaseModel):
         if path:
             if not Path(path).is_file():
                 raise RecipeError(f"no recipe at {path}")
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise RecipeError(f"{path}: a recipe is a mapping of settings")
-            values.update(loaded)
+            try:
+                values.update(read_yaml(path, "recipe"))
+            except CorruptFile as error:
+                raise RecipeError(str(error)) from None
         for key, value in (overrides or {}).items():
             if isinstance(value, dict) and isinstance(values.get(key), dict):  # a nested setting: merge
                 values[key] = {**values[key], **value}

@@ -29,6 +29,7 @@ Resuming is exact: a checkpoint is the weights (plus AdamW's moments when they a
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import shutil
@@ -47,9 +48,11 @@ from l2s.atomic import save_figure_atomic, write_text_atomic
 from l2s.cards import atomic_model_dir, new_card, write_card
 from l2s.formats import split_completion
 from l2s.home import exclusive, run_dir_for
+from l2s.jsonl import CorruptFile, read_json
 from l2s.tasks import TaskProblem
 
 OPTIMIZER_FILE = "optimizer.pt"
+logger = logging.getLogger("l2s")
 
 if TYPE_CHECKING:  # torch is imported where it runs: `l2s --help` loads this module for the recipe's flags
     import torch
@@ -382,8 +385,15 @@ def chosen_iteration(state: RunState, recipe: RLRecipe) -> int:
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    complete = [path for path in sorted(run_dir.glob("iter-*")) if (path / "state.json").is_file()]
-    return complete[-1] if complete else None
+    """The newest complete checkpoint: its state.json (written last, atomically) reads back; any newer one that
+    does not is skipped with a warning naming it."""
+    for path in sorted(run_dir.glob("iter-*"), reverse=True):
+        try:
+            read_json(path / "state.json", "checkpoint state")
+            return path
+        except CorruptFile as error:
+            logger.warning("skipping an incomplete checkpoint: %s", error)
+    return None
 
 
 def _restore_rng(raw) -> random.Random:
@@ -435,7 +445,7 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     if start_from:
-        raw = json.loads((start_from / "state.json").read_text())
+        raw = read_json(start_from / "state.json", "checkpoint state")
         rng = _restore_rng(raw.pop("rng"))
         state = RunState(**raw)
         print(f"resuming after iteration {state.iteration} from {start_from}")

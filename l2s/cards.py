@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from l2s.atomic import process_alive, publish_dir, write_text_atomic
+from l2s.jsonl import read_json
 
 logger = logging.getLogger("l2s")
 CARD_FILE = "card.json"
@@ -58,7 +59,7 @@ def read_card(model_dir: str | Path) -> dict | None:
     path = Path(model_dir) / CARD_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    return read_json(path, "model card")  # (a corrupt card is a one-line error naming it, not a traceback)
 
 
 def write_card(model_dir: str | Path, card: dict) -> None:

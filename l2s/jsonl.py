@@ -1,6 +1,7 @@
-"""Append-only JSON-lines logs (eval samples, distill sample caches), read back after a kill.
+"""Reading files back: append-only JSON-lines logs (eval samples, distill sample caches) after a kill, JSON files
+the product wrote, YAML recipes and configs a user wrote.
 
-A kill can cut the last line short. `read_log` cuts such a fragment off the file (with a warning naming it)
+A kill can cut a log's last line short. `read_log` cuts such a fragment off the file (with a warning naming it)
 before anything new is appended, so a new record never fuses with it and the lost record is simply made again.
 A line that does not parse anywhere else is corruption, not an interruption: a one-line error names the file
 and the line.
@@ -13,11 +14,14 @@ import logging
 import os
 from pathlib import Path
 
+import yaml
+
 logger = logging.getLogger("l2s")
 
 
 class CorruptFile(ValueError):
-    """A file the product wrote that does not read back: the message names the file and the line."""
+    """A file that does not read back (one the product wrote, or a recipe or config): the message names the file
+    and the line."""
 
 
 def read_log(path: str | Path) -> list[dict]:
@@ -61,4 +65,26 @@ def read_json(path: str | Path, what: str = "file") -> dict:
         raise CorruptFile(f"{path}{where}: not a valid JSON {what} ({error})") from None
     if not isinstance(value, dict):
         raise CorruptFile(f"{path}: not a JSON object, so not a {what}")
+    return value
+
+
+def read_yaml(path: str | Path, what: str = "file") -> dict:
+    """A YAML mapping (a recipe, a server config, the variant registry); empty for an empty file; a one-line error
+    naming the file and the line if it does not parse."""
+    path = Path(path)
+    try:
+        value = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise CorruptFile(f"{path}: no such {what}") from None
+    except UnicodeDecodeError as error:
+        raise CorruptFile(f"{path}: not a text file, so not a {what} ({error.reason})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise CorruptFile(f"{path}{where}: not valid YAML, so not a {what} ({problem})") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CorruptFile(f"{path}: not a mapping of settings, so not a {what}")
     return value

@@ -12,7 +12,7 @@ import yaml
 
 from l2s.atomic import file_lock, write_text_atomic
 from l2s.home import registry_path
-from l2s.jsonl import CorruptFile
+from l2s.jsonl import CorruptFile, read_yaml
 
 logger = logging.getLogger("l2s.registry")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # what `l2s serve` accepts as a model id
@@ -24,12 +24,10 @@ def registered_variants(path: Path | None = None) -> dict[str, str]:
     path = path or registry_path()
     if not path.is_file():
         return {}
-    try:
-        entries = dict((yaml.safe_load(path.read_text()) or {}).get("variants") or {})
-    except (yaml.YAMLError, AttributeError, TypeError, ValueError) as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise CorruptFile(f"{path}{where}: not a variant registry ({str(error).splitlines()[0]})") from None
+    variants_entry = read_yaml(path, "variant registry").get("variants") or {}
+    if not isinstance(variants_entry, dict):
+        raise CorruptFile(f"{path}: `variants` is not a mapping of names to model directories")
+    entries = dict(variants_entry)
     variants = {}
     for name, model_dir in entries.items():
         if not isinstance(name, str) or not is_variant_name(name):

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from l2s.cards import find_models, read_card
+from l2s.jsonl import CorruptFile, read_yaml
 from l2s.models import ModelNotFound, resolve_model
 from l2s.registry import check_variant_name, registered_variants
 
@@ -147,10 +147,12 @@ class ServerConfig(Strict):
 
     @classmethod
     def load(cls, path: str | Path | None, models_dir: str | Path | None) -> ServerConfig:
-        raw = yaml.safe_load(Path(path).read_text()) if path else {}
-        raw = raw or {}
+        raw = read_yaml(path, "server config") if path else {}
         defaults = raw.pop("defaults", None) or {}
-        config = cls.model_validate({**raw, "defaults": None})
+        try:
+            config = cls.model_validate({**raw, "defaults": None})
+        except ValidationError as error:
+            raise CorruptFile(f"{path}: not a valid server config:\n{error}") from None
         found = dict(find_models(models_dir)) if models_dir is not None else {}
         found.update({name: Path(path) for name, path in registered_variants().items() if Path(path).is_dir()})
         named = {variant.name for variant in config.variants}

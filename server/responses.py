@@ -94,6 +94,7 @@ class ResponsesRequest(BaseModel):
     include_reasoning: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    ignore_eos: bool = False
 
     @model_validator(mode="after")
     def _nothing_dropped(self) -> ResponsesRequest:
@@ -119,6 +120,7 @@ class ResponsesRequest(BaseModel):
             "thinking_token_budget": self.thinking_token_budget,
             "include_reasoning": self.include_reasoning,
             "chat_template_kwargs": self.chat_template_kwargs,
+            "ignore_eos": self.ignore_eos or None,
         }
         wanted = self.text.format if self.text else None
         try:
@@ -288,7 +290,11 @@ async def response_events(service: ChatService, request: ResponsesRequest, plan:
         service.abandoned(plan)
 
 
-def closing_event(failure: APIError) -> str:
-    """What ends a Responses stream that the server's shutdown grace cut short."""
-    body = {"type": "error", "sequence_number": 0, "code": failure.code, "message": failure.message, "param": None}
+def closing_event(failure: APIError, sequence_number: int) -> str:
+    """What ends a Responses stream that the server's shutdown grace cut short, numbered after the events sent
+    (one per blank-line-terminated event, from 0)."""
+    body = {
+        "type": "error", "sequence_number": sequence_number, "code": failure.code, "message": failure.message,
+        "param": None,
+    }  # fmt: skip
     return f"event: error\ndata: {json.dumps(body)}\n\n"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import weakref
+from collections.abc import Callable
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -116,7 +118,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         # the service gives its slots back and counts a client that left.
         weakref.finalize(events, service.abandoned, plan)
         ending = sse_error(SHUT_DOWN) + "data: [DONE]\n\n"
-        return _event_stream(_until_disconnected(request, events, service, ending))
+        return _event_stream(_until_disconnected(request, events, service, lambda _sent: ending))
     return JSONResponse(await _unless_disconnected(request, service.complete(body, plan), service))
 
 
@@ -133,7 +135,8 @@ async def responses(body: ResponsesRequest, request: Request) -> Response:
     if body.stream:
         events = response_events(service, body, plan)
         weakref.finalize(events, service.abandoned, plan)
-        return _event_stream(_until_disconnected(request, events, service, closing_event(SHUT_DOWN)))
+        ending = functools.partial(closing_event, SHUT_DOWN)  # numbered after the events sent
+        return _event_stream(_until_disconnected(request, events, service, ending))
     completion = await _unless_disconnected(request, service.complete(chat, plan), service)
     return JSONResponse(response_object(body, plan, completion))
 
@@ -142,14 +145,16 @@ def _event_stream(events) -> StreamingResponse:
     return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-async def _until_disconnected(request: Request, events, service, ending: str):
+async def _until_disconnected(request: Request, events, service, ending: Callable[[int], str]):
     """Pass SSE events on; when the client goes away, cancel the generation (which aborts it in the engine).
 
     Starlette stops pulling from a stream whose client left but never closes it, and closing an async generator
     from another task races with it. So the events are produced by a task of our own into a queue, and a
     watcher that sees `http.disconnect` cancels that task: cancellation always reaches the engine's generator,
-    whose cleanup aborts the request and frees its slot."""
+    whose cleanup aborts the request and frees its slot. `ending(events sent so far)` is what ends a stream that
+    the server's shutdown grace cut short."""
     queue: asyncio.Queue = asyncio.Queue()
+    sent = 0  # SSE events passed on (each ends with a blank line)
     finished = object()
 
     async def produce() -> None:
@@ -178,12 +183,13 @@ async def _until_disconnected(request: Request, events, service, ending: str):
                 batch.remove(CLOSING)
                 if finished not in batch:  # (unless it has just ended by itself)
                     producer.cancel()
-                    yield "".join(batch) + ending
+                    yield "".join(batch) + ending(sent + sum(event.count("\n\n") for event in batch))
                     return
             ended = batch[-1] is finished  # always last: the producer puts it as it ends
             if ended:
                 batch.pop()
             if batch:
+                sent += sum(event.count("\n\n") for event in batch)
                 yield "".join(batch)
             if ended:
                 return

@@ -16,7 +16,7 @@ import pytest
 from distill.sampling import problem_seed
 from distill.training import last_complete_checkpoint
 from l2s.atomic import publish_dir, write_text_atomic
-from l2s.cards import atomic_model_dir
+from l2s.cards import atomic_model_dir, read_card
 from l2s.home import exclusive
 from l2s.jsonl import CorruptFile, read_json, read_log
 from l2s.registry import register_variant, registered_variants
@@ -86,10 +86,82 @@ def test_serve_with_a_truncated_calibration_says_which_file(tmp_path, lab_models
 def test_a_corrupt_registry_names_its_line(tmp_path):
     registry = tmp_path / "registered_variants.yaml"
     registry.write_text("variants:\n  a: /x\n  b: [unclosed\n")
-    with pytest.raises(CorruptFile, match=r"registered_variants.yaml:\d+: not a variant registry"):
+    with pytest.raises(CorruptFile, match=r"registered_variants.yaml:\d+: not valid YAML, so not a variant registry"):
         registered_variants(registry)
     with pytest.raises(CorruptFile, match=r"json file"):
         read_json(tmp_path / "missing.json", "json file")
+
+
+def _load_distill_recipe(path: Path):
+    from distill.recipe import RecipeError
+    from distill.shortest import ShortestRecipe
+
+    try:
+        return ShortestRecipe.load(path)
+    except RecipeError as error:
+        raise CorruptFile(str(error)) from None  # (the distill CLI prints a RecipeError as it is, one line)
+
+
+def _load_lab_recipe(path: Path):
+    from l2s.lab.build import LabRecipe
+
+    return LabRecipe.load(path)
+
+
+def _load_server_config(path: Path):
+    from server.config import ServerConfig
+
+    return ServerConfig.load(path, None)
+
+
+def _load_card(path: Path):
+    return read_card(path.parent)
+
+
+@pytest.mark.parametrize(
+    "load, name, text, says",
+    [
+        (
+            _load_distill_recipe,
+            "rl.yaml",
+            "model: models/lab-long\nk: [8,\n",
+            r"rl.yaml:3: not valid YAML, so not a recipe",
+        ),
+        (_load_distill_recipe, "rl.yaml", "- model\n", r"rl.yaml: not a mapping of settings"),
+        (_load_lab_recipe, "lab.yaml", "seed: 0\nbase: {steps: 10\n", r"lab.yaml:3: not valid YAML, so not a lab"),
+        (_load_lab_recipe, "lab.yaml", "seed: 0\n", r"lab.yaml: not a valid lab recipe"),
+        (_load_server_config, "server.yaml", "variants:\n  - {name: a\n", r"server.yaml:3: not valid YAML"),
+        (_load_server_config, "server.yaml", "variants: [{name: a}]\n", r"server.yaml: not a valid server config"),
+        (_load_card, "card.json", '{"name": "lab-rl", "meth', r"card.json:1: not a valid JSON model card"),
+        (_load_card, "card.json", "\xff\xfe", r"card.json: .*model card"),
+    ],
+)
+def test_a_truncated_or_corrupt_recipe_config_or_card_is_one_clear_line(tmp_path, load, name, text, says):
+    path = tmp_path / name
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(CorruptFile, match=says) as raised:
+        load(path)
+    assert str(raised.value).startswith(str(path))
+
+
+def test_damaged_rl_and_lab_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
+    import torch
+
+    from distill.rl import last_checkpoint
+    from l2s.lab.train import _load_checkpoint
+
+    for iteration, state in ((1, "{}"), (2, '{"iteration": 2, "hist'), (3, None)):  # 3: killed before its state
+        (tmp_path / f"iter-{iteration:04d}").mkdir()
+        if state is not None:
+            (tmp_path / f"iter-{iteration:04d}" / "state.json").write_text(state)
+    assert last_checkpoint(tmp_path) == tmp_path / "iter-0001"
+    assert "iter-0003" in caplog.text and "iter-0002" in caplog.text
+
+    saved = tmp_path / ".lab-base-0123.train-state.pt"
+    torch.save({"step": 10}, saved)
+    assert _load_checkpoint(saved) == {"step": 10}
+    saved.write_bytes(saved.read_bytes()[:20])  # damaged after the fact
+    assert _load_checkpoint(saved) is None and f"skipping {saved}" in caplog.text
 
 
 def _register(args: tuple[str, str]) -> None:

@@ -81,16 +81,24 @@ def test_sigterm_drains_then_ends_what_outlives_the_grace(lab_models, tmp_path):
                         events.append(line[6:])
                         streaming.set()
 
+        response_events: list[dict] = []
+
+        def long_response_stream() -> None:  # the same through the Responses API: its events are numbered
+            body = {"model": "lab-short", "input": "1+1=", "max_output_tokens": 900, "ignore_eos": True, "stream": True}
+            with httpx.stream("POST", f"{base_url}/v1/responses", json=body, timeout=60) as r:
+                response_events.extend(json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: "))
+
         short: dict = {}
 
         def short_request() -> None:  # 40 tokens: finishes within the grace
             response = httpx.post(f"{base_url}/v1/chat/completions", json=request(40), timeout=60)
             short.update(status=response.status_code, body=response.json())
 
-        threads = [threading.Thread(target=long_stream), threading.Thread(target=short_request)]
+        threads = [threading.Thread(target=f) for f in (long_stream, long_response_stream, short_request)]
         threads[0].start()
-        assert streaming.wait(30)
         threads[1].start()
+        assert streaming.wait(30)
+        threads[2].start()
         time.sleep(0.1)  # the short request is in flight
         process.send_signal(signal.SIGTERM)
         time.sleep(0.2)
@@ -108,6 +116,10 @@ def test_sigterm_drains_then_ends_what_outlives_the_grace(lab_models, tmp_path):
             choice["delta"].get("content", "") for e in events[:-2] for choice in json.loads(e).get("choices", [])
         )
         assert generated  # it had streamed part of its answer before it was ended
+        last = response_events[-1]
+        assert last["type"] == "error" and last["code"] == "shutting_down", response_events[-2:]
+        numbers = [event["sequence_number"] for event in response_events]
+        assert numbers == list(range(len(numbers))), numbers[-5:]  # the closing event numbered after the rest
         process.wait(60)
         # an engine process reaped by the server's shutdown can take a moment to be gone: none may stay
         wait_for(lambda: not alive(seen), "no engine process to outlive the server", timeout=10)

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from l2s.cards import atomic_model_dir, new_card, read_card, stable_hash, update_card, write_card
+from l2s.jsonl import CorruptFile, read_yaml
 from l2s.lab import cache as lab_cache
 from l2s.lab.task import Problem, generate_problems, is_correct
 from l2s.lab.tokenizer import save_tokenizer, train_tokenizer
@@ -101,7 +101,10 @@ class LabRecipe(Strict):
 
     @classmethod
     def load(cls, path: str | Path) -> LabRecipe:
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+        try:
+            return cls.model_validate(read_yaml(path, "lab recipe"))
+        except ValidationError as error:
+            raise CorruptFile(f"{path}: not a valid lab recipe:\n{error}") from None
 
 
 def _trace_maker(traces: LongTraces, styles: dict[str, float]):

@@ -7,6 +7,7 @@ long traces gets far fewer steps, which is what made the first long-CoT model we
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from transformers import PreTrainedTokenizerFast
 
 from l2s.atomic import write_atomic
 from l2s.lab.task import Problem
+
+logger = logging.getLogger("l2s")
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,8 @@ def train(
     pending: list[list[tuple[list[int], list[int]]]] = []
     losses: list[float] = []
     start = 0
-    if checkpoint is not None and checkpoint.is_file():
-        saved = torch.load(checkpoint, weights_only=False)
+    saved = _load_checkpoint(checkpoint) if checkpoint is not None else None
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         rng.setstate(saved["rng"])
@@ -134,3 +137,15 @@ def train(
             write_atomic(checkpoint, lambda temporary, state=state: torch.save(state, temporary))
     model.eval()
     return losses
+
+
+def _load_checkpoint(path: Path) -> dict | None:
+    """The saved training state, or None: none saved yet, or one that does not load (written atomically, so only
+    damage after the fact can do that), which is skipped with a warning naming it: the stage starts afresh."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as error:  # (torch raises several kinds for a damaged file)
+        logger.warning("skipping %s: it does not load (%s); the stage starts afresh", path, error)
+        return None
