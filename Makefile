@@ -116,7 +116,7 @@ serve: setup
 	$(BIN)/l2s serve --models-dir $(MODELS) --host 127.0.0.1 --port 8000
 
 test: setup
-	$(BIN)/python -m pytest -v -ra
+	$(BIN)/python -m pytest -v -ra --durations=30
 
 test-fast: $(VENV)/.deps-installed
 	$(BIN)/python -m pytest -m "not slow" -q

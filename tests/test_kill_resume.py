@@ -171,7 +171,7 @@ vocab_size: 400
 model: {hidden_size: 64, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 128}
 base: {steps: 60, batch_size: 8, learning_rate: 0.003, warmup_steps: 5}
 long: {steps: 40, batch_size: 8, learning_rate: 0.002, warmup_steps: 5}
-short: {steps: 20, batch_size: 8, learning_rate: 0.001, warmup_steps: 5, style: none}
+short: {steps: 40, batch_size: 8, learning_rate: 0.001, warmup_steps: 5, style: none}
 measure: {test_problems: 12, samples: 2, max_tokens: 64}
 """
 
@@ -194,15 +194,16 @@ def test_lab_build_killed_at_random_moments_gives_the_uninterrupted_models(tmp_p
         steps = [torch.load(path, weights_only=False)["step"] for path in killed.glob(".lab-*.train-state.pt")]
         return _count("lab-*/card.json", killed), max(steps, default=0)
 
-    def checkpoints_written() -> int:  # grows with every checkpoint (each replaces the last: count its writes)
-        return sum(int(path.stat().st_mtime_ns) for path in killed.glob(".lab-*.train-state.pt"))
+    def checkpoints_written(stage: str) -> Callable[[], int]:  # grows with each checkpoint of `stage` (replaced)
+        return lambda: sum(path.stat().st_mtime_ns for path in killed.glob(f".{stage}-*.train-state.pt"))
 
-    # kills mid-training, each after a checkpoint so that each resumes from one (a kill while measuring costs
-    # a minute of engine starts and tests less: the card has no figures until both are measured, so it remeasures)
-    kills = [_once(checkpoints_written, rng.uniform(0, 0.6)) for _ in range(3)]
+    # one kill in each stage's training, each after a checkpoint so that it resumes from one (a kill while
+    # measuring costs a minute of engine starts and tests less: a card has no figures until its model is measured)
+    stages = ("lab-base", "lab-long", "lab-short")
+    kills = [_once(checkpoints_written(stage), rng.uniform(0, 0.6)) for stage in stages]
     at_kills = _run_through_kills(args(killed), kills, on_disk)
     assert len(at_kills) == 3 and len(set(at_kills)) == 3, f"kills did not land at distinct points: {at_kills}"
-    for stage in ("lab-base", "lab-long", "lab-short"):
+    for stage in stages:
         _same_files(killed / stage, tmp_path / "whole" / stage, ["model.safetensors", "training_loss.json"])
         assert _card_without_times(killed / stage) == _card_without_times(tmp_path / "whole" / stage), stage
     assert not list(killed.glob(".*")), "checkpoints and temporaries are cleaned up once the build is done"
