@@ -23,6 +23,13 @@ def _lab_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
 def _add_lab(subparsers) -> None:
     DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "lab.yaml"  # (l2s.lab.build imports torch)
 
@@ -41,7 +48,7 @@ def _add_lab(subparsers) -> None:
         "--seed", type=int, default=None, help="override the recipe's seed (problems, tokenizer, training)"
     )
     build.add_argument(
-        "--checkpoint-every", type=int, default=100, metavar="STEPS",
+        "--checkpoint-every", type=_positive_int, default=100, metavar="STEPS",
         help="save a resumable checkpoint of the stage in training every this many steps (default: %(default)s)",
     )  # fmt: skip
     build.add_argument(
