@@ -389,11 +389,22 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     does not is skipped with a warning naming it."""
     for path in sorted(run_dir.glob("iter-*"), reverse=True):
         try:
-            read_json(path / "state.json", "checkpoint state")
+            read_state(path)
             return path
         except CorruptFile as error:
             logger.warning("skipping an incomplete checkpoint: %s", error)
     return None
+
+
+def read_state(checkpoint: Path) -> tuple[RunState, random.Random]:
+    """A checkpoint's run state and random state, or CorruptFile naming what is wrong with its state.json."""
+    path = checkpoint / "state.json"
+    raw = read_json(path, "checkpoint state")
+    try:
+        rng = _restore_rng(raw.pop("rng"))
+        return RunState(**raw), rng
+    except (KeyError, TypeError, ValueError) as error:
+        raise CorruptFile(f"{path}: not a checkpoint state ({type(error).__name__}: {error})") from None
 
 
 def _restore_rng(raw) -> random.Random:
@@ -445,15 +456,19 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     if start_from:
-        raw = read_json(start_from / "state.json", "checkpoint state")
-        rng = _restore_rng(raw.pop("rng"))
-        state = RunState(**raw)
+        state, rng = read_state(start_from)
         print(f"resuming after iteration {state.iteration} from {start_from}")
     else:
         rng, state = random.Random(recipe.seed), RunState()
     optimizer = new_optimizer(model, recipe)
     if start_from and recipe.keep_optimizer_state:
-        optimizer.load_state_dict(torch.load(start_from / OPTIMIZER_FILE))
+        try:
+            optimizer.load_state_dict(torch.load(start_from / OPTIMIZER_FILE))
+        except Exception as error:  # (torch raises several kinds for a damaged file)
+            raise CorruptFile(
+                f"{start_from / OPTIMIZER_FILE}: does not load ({error}); delete {start_from} to resume from the "
+                "checkpoint before it"
+            ) from None
     try:
         pool, held_out = validation_split(recipe)
     except ValueError as error:

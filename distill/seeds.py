@@ -23,6 +23,7 @@ from pathlib import Path
 
 from l2s.atomic import save_figure_atomic, write_text_atomic
 from l2s.cards import read_card
+from l2s.jsonl import read_yaml
 
 GOAL_ACCURACY_DROP = 0.01
 GOAL_TOKEN_RATIO = 0.40
@@ -40,9 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="results directory")
     args = parser.parse_args(argv)
 
-    import yaml
-
-    recipe = yaml.safe_load(Path(args.recipe).read_text())
+    recipe = read_yaml(args.recipe, "recipe")
     start = Path(args.model or recipe["model"])
     name = args.name or f"lab-{args.method}"
     seeds = [int(s) for s in args.seeds.split(",")]

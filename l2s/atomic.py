@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import glob
 import os
 import shutil
 import threading
@@ -32,12 +33,16 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
     rename it over `path`, sync the directory. Temporaries that killed writers of `path` left are deleted."""
     path = Path(path)
     temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{threading.get_ident()}{path.suffix}")
-    write(temporary)
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        write(temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     sync_directory(path.parent)
-    for leftover in path.parent.glob(f".{path.stem}.tmp-*{path.suffix}"):
+    for leftover in path.parent.glob(f".{glob.escape(path.stem)}.tmp-*{glob.escape(path.suffix)}"):
         pid = leftover.name.removeprefix(f".{path.stem}.tmp-").split("-", 1)[0]
         if pid.isdigit() and not process_alive(int(pid)):
             leftover.unlink(missing_ok=True)

@@ -148,21 +148,29 @@ class ServerConfig(Strict):
     @classmethod
     def load(cls, path: str | Path | None, models_dir: str | Path | None) -> ServerConfig:
         raw = read_yaml(path, "server config") if path else {}
+        where = path or "the server config"
         defaults = raw.pop("defaults", None) or {}
+        if not isinstance(defaults, dict):
+            raise CorruptFile(f"{where}: `defaults` is not a mapping of variant settings")
         try:
             config = cls.model_validate({**raw, "defaults": None})
+            found = dict(find_models(models_dir)) if models_dir is not None else {}
+            found.update({name: Path(path) for name, path in registered_variants().items() if Path(path).is_dir()})
+            named = {variant.name for variant in config.variants}
+            for name, model_path in found.items():
+                role = (read_card(model_path) or {}).get("role")
+                if name not in named and role != "base":
+                    variant = {**defaults, "name": name, "path": model_path}
+                    config.variants.append(VariantConfig.model_validate(variant))
+            if "auto" not in raw:
+                config.auto = auto_policy_from_cards(config.variants)
+            config._check()
         except ValidationError as error:
-            raise CorruptFile(f"{path}: not a valid server config:\n{error}") from None
-        found = dict(find_models(models_dir)) if models_dir is not None else {}
-        found.update({name: Path(path) for name, path in registered_variants().items() if Path(path).is_dir()})
-        named = {variant.name for variant in config.variants}
-        for name, model_path in found.items():
-            role = (read_card(model_path) or {}).get("role")
-            if name not in named and role != "base":
-                config.variants.append(VariantConfig.model_validate({**defaults, "name": name, "path": model_path}))
-        if "auto" not in raw:
-            config.auto = auto_policy_from_cards(config.variants)
-        config._check()
+            raise CorruptFile(f"{where}: not a valid server config:\n{error}") from None
+        except CorruptFile:
+            raise  # (a registry or card that does not read: its own message names it)
+        except ValueError as error:
+            raise CorruptFile(f"{where}: {error}") from None
         return config
 
     def _check(self) -> None:

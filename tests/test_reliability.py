@@ -132,6 +132,8 @@ def _load_card(path: Path):
         (_load_lab_recipe, "lab.yaml", "seed: 0\n", r"lab.yaml: not a valid lab recipe"),
         (_load_server_config, "server.yaml", "variants:\n  - {name: a\n", r"server.yaml:3: not valid YAML"),
         (_load_server_config, "server.yaml", "variants: [{name: a}]\n", r"server.yaml: not a valid server config"),
+        (_load_server_config, "server.yaml", "defaults: 5\n", r"server.yaml: `defaults` is not a mapping"),
+        (_load_server_config, "server.yaml", "variants: [{name: a, path: /x}, {name: a, path: /y}]\n", "repeat"),
         (_load_card, "card.json", '{"name": "lab-rl", "meth', r"card.json:1: not a valid JSON model card"),
         (_load_card, "card.json", "\xff\xfe", r"card.json: .*model card"),
     ],
@@ -145,23 +147,32 @@ def test_a_truncated_or_corrupt_recipe_config_or_card_is_one_clear_line(tmp_path
 
 
 def test_damaged_rl_and_lab_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
+    import random
+
     import torch
 
-    from distill.rl import last_checkpoint
+    from distill.rl import RunState, last_checkpoint, write_state
     from l2s.lab.train import _load_checkpoint
 
-    for iteration, state in ((1, "{}"), (2, '{"iteration": 2, "hist'), (3, None)):  # 3: killed before its state
-        (tmp_path / f"iter-{iteration:04d}").mkdir()
-        if state is not None:
-            (tmp_path / f"iter-{iteration:04d}" / "state.json").write_text(state)
+    for iteration, state in ((1, None), (2, "{}"), (3, '{"iteration": 2, "hist'), (4, "")):  # 4: killed first
+        checkpoint = tmp_path / f"iter-{iteration:04d}"
+        checkpoint.mkdir()
+        if state is None:
+            write_state(checkpoint, RunState(iteration=1), random.Random(0))
+        elif state:
+            (checkpoint / "state.json").write_text(state)
     assert last_checkpoint(tmp_path) == tmp_path / "iter-0001"
-    assert "iter-0003" in caplog.text and "iter-0002" in caplog.text
+    assert all(f"iter-000{n}" in caplog.text for n in (2, 3, 4))
 
+    model = torch.nn.Linear(2, 2)
     saved = tmp_path / ".lab-base-0123.train-state.pt"
-    torch.save({"step": 10}, saved)
-    assert _load_checkpoint(saved) == {"step": 10}
-    saved.write_bytes(saved.read_bytes()[:20])  # damaged after the fact
-    assert _load_checkpoint(saved) is None and f"skipping {saved}" in caplog.text
+    state = {"step": 10, "model": model.state_dict(), "optimizer": {}, "rng": random.Random(0).getstate(),
+             "torch_rng": torch.get_rng_state(), "order": [1, 0], "pending": [], "losses": [1.0]}  # fmt: skip
+    torch.save(state, saved)
+    assert _load_checkpoint(saved, model)["step"] == 10
+    assert _load_checkpoint(saved, torch.nn.Linear(2, 3)) is None  # another model's: skipped, nothing restored
+    saved.write_bytes(saved.read_bytes()[:200])  # damaged after the fact
+    assert _load_checkpoint(saved, model) is None and f"skipping {saved}" in caplog.text
 
 
 def _register(args: tuple[str, str]) -> None:

@@ -82,11 +82,15 @@ def test_sigterm_drains_then_ends_what_outlives_the_grace(lab_models, tmp_path):
                         streaming.set()
 
         response_events: list[dict] = []
+        responding = threading.Event()
 
         def long_response_stream() -> None:  # the same through the Responses API: its events are numbered
             body = {"model": "lab-short", "input": "1+1=", "max_output_tokens": 900, "ignore_eos": True, "stream": True}
             with httpx.stream("POST", f"{base_url}/v1/responses", json=body, timeout=60) as r:
-                response_events.extend(json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: "))
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        response_events.append(json.loads(line[6:]))
+                        responding.set()
 
         short: dict = {}
 
@@ -97,7 +101,7 @@ def test_sigterm_drains_then_ends_what_outlives_the_grace(lab_models, tmp_path):
         threads = [threading.Thread(target=f) for f in (long_stream, long_response_stream, short_request)]
         threads[0].start()
         threads[1].start()
-        assert streaming.wait(30)
+        assert streaming.wait(30) and responding.wait(30)
         threads[2].start()
         time.sleep(0.1)  # the short request is in flight
         process.send_signal(signal.SIGTERM)

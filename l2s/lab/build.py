@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from l2s.atomic import process_alive
 from l2s.cards import atomic_model_dir, new_card, read_card, stable_hash, update_card, write_card
 from l2s.jsonl import CorruptFile, read_yaml
 from l2s.lab import cache as lab_cache
@@ -132,14 +133,15 @@ def _train_stage(
     checkpoint_every: int = 100,
 ) -> Path:
     stage_recipe = {"lab": recipe.model_dump(), "stage": name, "styles": styles}
+    parent_hash = (read_card(parent) or {}).get("recipe_hash") if parent else None
     card = read_card(out_dir)
-    if (
-        card
-        and card.get("recipe_hash") == stable_hash(stage_recipe)
-        and (not parent or card.get("parent_hash") == (read_card(parent) or {}).get("recipe_hash"))
-    ):
+    if card and card.get("recipe_hash") == stable_hash(stage_recipe) and card.get("parent_hash") == parent_hash:
+        _remove_training_states(out_dir)  # (a kill between publishing the stage and deleting its state left it)
         print(f"{name}: cached at {out_dir}")
         return out_dir
+    # a kill mid-stage resumes from here; keyed on the stage's recipe and its parent, so only the same stage does
+    checkpoint = out_dir.with_name(f".{out_dir.name}-{stable_hash([stage_recipe, parent_hash])[:12]}.train-state.pt")
+    _remove_training_states(out_dir, keep=checkpoint)
     if parent is None:
         shape = recipe.model
         config = LlamaConfig(
@@ -166,12 +168,6 @@ def _train_stage(
         warmup_steps=stage.warmup_steps,
         checkpoint_every=checkpoint_every,
     )
-    # a kill mid-stage resumes from here; keyed on the stage's recipe and its parent, so only the same stage does
-    parent_hash = (read_card(parent) or {}).get("recipe_hash") if parent else None
-    checkpoint = out_dir.with_name(f".{out_dir.name}-{stable_hash([stage_recipe, parent_hash])[:12]}.train-state.pt")
-    for stale in out_dir.parent.glob(f".{out_dir.name}-*.train-state.pt"):
-        if stale != checkpoint:
-            stale.unlink()
     started = time.time()
     maker = _trace_maker(traces, styles)
     losses = train(model, tokenizer, problems, maker, settings, seed, description=name, checkpoint=checkpoint)
@@ -198,8 +194,17 @@ def _train_stage(
             },
         )
         write_card(temporary, card)
-    checkpoint.unlink(missing_ok=True)
+    _remove_training_states(out_dir)
     return out_dir
+
+
+def _remove_training_states(out_dir: Path, keep: Path | None = None) -> None:
+    """Delete a stage's saved training states but `keep` (another recipe's, or a finished stage's), and what
+    killed writers of them left (`..NAME-KEY.train-state.tmp-PID-THREAD.pt` of a process that is gone)."""
+    for path in out_dir.parent.glob(f".*{out_dir.name}-*.train-state*"):
+        writer = path.name.partition(".tmp-")[2].split("-")[0]
+        if path != keep and not (writer.isdigit() and process_alive(int(writer))):
+            path.unlink(missing_ok=True)
 
 
 def measure(model_dir: Path, problems: list[Problem], recipe: LabRecipe, sample: bool) -> dict:

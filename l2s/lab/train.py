@@ -92,7 +92,7 @@ def train(
     pending: list[list[tuple[list[int], list[int]]]] = []
     losses: list[float] = []
     start = 0
-    saved = _load_checkpoint(checkpoint) if checkpoint is not None else None
+    saved = _load_checkpoint(checkpoint, model) if checkpoint is not None else None
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -139,13 +139,21 @@ def train(
     return losses
 
 
-def _load_checkpoint(path: Path) -> dict | None:
-    """The saved training state, or None: none saved yet, or one that does not load (written atomically, so only
-    damage after the fact can do that), which is skipped with a warning naming it: the stage starts afresh."""
+def _load_checkpoint(path: Path, model: torch.nn.Module) -> dict | None:
+    """The saved training state, or None: none saved yet, or one that does not load or does not fit `model`
+    (written atomically, so only damage after the fact can do that), which is skipped with a warning naming it:
+    the stage starts afresh. Checked whole before anything is restored, so a bad one changes nothing."""
     if not path.is_file():
         return None
     try:
-        return torch.load(path, weights_only=False)
+        saved = torch.load(path, weights_only=True)
+        shapes = {name: tensor.shape for name, tensor in saved["model"].items()}
+        if shapes != {name: tensor.shape for name, tensor in model.state_dict().items()}:
+            raise ValueError("its weights do not fit the model")
+        missing = {"step", "optimizer", "rng", "torch_rng", "order", "pending", "losses"} - set(saved)
+        if missing:
+            raise ValueError(f"it lacks {sorted(missing)}")
+        return saved
     except Exception as error:  # (torch raises several kinds for a damaged file)
         logger.warning("skipping %s: it does not load (%s); the stage starts afresh", path, error)
         return None
