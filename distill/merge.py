@@ -80,10 +80,10 @@ def merge_one(recipe: MergeRecipe, weight: float, out_dir: Path) -> Path:
 
     raw = merge_configuration(recipe, weight)
     configuration = MergeConfiguration.model_validate(raw)  # validated before any weights load
-    recipe_hash = stable_hash({**recipe.model_dump(), "weight": weight, "mergekit": raw})
+    card_recipe = {**recipe.model_dump(), "weight": weight, "mergekit": raw}
     data_hash = stable_hash([read_card(recipe.long) or {}, read_card(recipe.short) or {}])
     done = read_card(out_dir) or {}
-    if done.get("recipe_hash") == recipe_hash and done.get("data_hash") == data_hash:
+    if done.get("recipe_hash") == stable_hash(card_recipe) and done.get("data_hash") == data_hash:
         # merging is deterministic: the same recipe on the same parents gives these very weights (a sweep that
         # was interrupted resumes at the first model it had not finished)
         print(f"{out_dir}: already merged from this recipe and these parents, kept")
@@ -102,7 +102,7 @@ def merge_one(recipe: MergeRecipe, weight: float, out_dir: Path) -> Path:
             name=out_dir.name,
             method=f"merge-{recipe.method}",
             parents=parents,
-            recipe={**recipe.model_dump(), "weight": weight, "mergekit": raw},
+            recipe=card_recipe,
             role="short",
             data_hash=data_hash,
             merge={"weight_long": weight, "seconds": round(time.time() - started, 2)},

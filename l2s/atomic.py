@@ -43,19 +43,22 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
         raise
     sync_directory(path.parent)
     for leftover in path.parent.glob(f".{glob.escape(path.stem)}.tmp-*{glob.escape(path.suffix)}"):
-        pid = leftover.name.removeprefix(f".{path.stem}.tmp-").split("-", 1)[0]
-        if pid.isdigit() and not process_alive(int(pid)):
+        if left_by_dead_process(leftover.name.removeprefix(f".{path.stem}.tmp-").split("-", 1)[0]):
             leftover.unlink(missing_ok=True)
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def left_by_dead_process(pid: str) -> bool:
+    """Whether a temporary whose name carries `pid` was left by a process that is gone (so it may be deleted; a
+    live writer's are its own business)."""
+    if not pid.isdigit():
         return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
     except PermissionError:
-        return True  # alive, someone else's
-    return True
+        return False  # alive, someone else's
+    return False
 
 
 def sync_directory(directory: str | Path) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from l2s.atomic import process_alive, publish_dir, write_text_atomic
+from l2s.atomic import left_by_dead_process, publish_dir, write_text_atomic
 from l2s.jsonl import read_json
 
 logger = logging.getLogger("l2s")
@@ -137,7 +137,6 @@ def _remove_leftovers(final_dir: Path) -> None:
     gone); a live process's are its own business."""
     for prefix in (TEMP_PREFIX, ".old-"):
         for leftover in final_dir.parent.glob(f"{prefix}{final_dir.name}-*"):
-            pid = leftover.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not process_alive(int(pid)):
+            if left_by_dead_process(leftover.name.rsplit("-", 1)[-1]):
                 logger.warning("removing %s, left by an interrupted run", leftover)
                 shutil.rmtree(leftover, ignore_errors=True)

@@ -24,7 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from l2s.atomic import process_alive
+from l2s.atomic import left_by_dead_process
 from l2s.cards import atomic_model_dir, new_card, read_card, stable_hash, update_card, write_card
 from l2s.jsonl import CorruptFile, read_yaml
 from l2s.lab import cache as lab_cache
@@ -202,8 +202,8 @@ def _remove_training_states(out_dir: Path, keep: Path | None = None) -> None:
     """Delete a stage's saved training states but `keep` (another recipe's, or a finished stage's), and what
     killed writers of them left (`..NAME-KEY.train-state.tmp-PID-THREAD.pt` of a process that is gone)."""
     for path in out_dir.parent.glob(f".*{out_dir.name}-*.train-state*"):
-        writer = path.name.partition(".tmp-")[2].split("-")[0]
-        if path != keep and not (writer.isdigit() and process_alive(int(writer))):
+        writer = path.name.partition(".tmp-")[2].split("-")[0]  # a temporary's; none for a saved state
+        if path != keep and (not writer or left_by_dead_process(writer)):
             path.unlink(missing_ok=True)
 
 
