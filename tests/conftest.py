@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from l2s.local_server import start_server as start_server_process
@@ -49,6 +51,12 @@ def client(server_url: str):
     from openai import OpenAI
 
     return OpenAI(base_url=f"{server_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def gauge(base_url: str, name: str) -> float:
+    """A Prometheus metric from the server's /metrics, summed over its labels."""
+    text = httpx.get(f"{base_url}/metrics").text
+    return sum(float(value) for value in re.findall(rf"^{name}\{{[^}}]*\}} ([0-9.e+-]+)$", text, re.M))
 
 
 def wait_for(predicate, what: str, timeout: float = 30):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import re
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from l2s.local_server import stop_server, wait_healthy
-from tests.conftest import start_server
+from tests.conftest import gauge, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -189,11 +188,6 @@ def test_schemathesis_finds_no_server_error(server_url, tmp_path):
     assert " passed" in result.stdout and "generated" in result.stdout
 
 
-def _gauge(server_url: str, name: str) -> float:
-    text = httpx.get(f"{server_url}/metrics").text
-    return sum(float(value) for value in re.findall(rf"^{name}\{{[^}}]*\}} ([0-9.e+-]+)$", text, re.M))
-
-
 def test_cancelled_streams_free_their_slots(client, server_url):
     """50 streams dropped by their clients after a few chunks: the server keeps serving, nothing stays running."""
 
@@ -220,9 +214,9 @@ def test_cancelled_streams_free_their_slots(client, server_url):
     for thread in threads:
         thread.join()
     deadline = time.time() + 2
-    while _gauge(server_url, "l2s_running_requests") > 0 and time.time() < deadline:
+    while gauge(server_url, "l2s_running_requests") > 0 and time.time() < deadline:
         time.sleep(0.1)
-    assert _gauge(server_url, "l2s_running_requests") == 0
+    assert gauge(server_url, "l2s_running_requests") == 0
     assert _chat(client, temperature=0, max_tokens=20).choices[0].message is not None
     metrics = httpx.get(f"{server_url}/metrics").text
     for name in (

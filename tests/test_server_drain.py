@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 import yaml
-from conftest import wait_for
+from conftest import gauge, wait_for
 
 from l2s.local_server import start_server, stop_server, wait_healthy
 
@@ -50,6 +50,10 @@ def alive(pids: set[int]) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return living
+
+
+def sequences_held(base_url: str) -> float:
+    return gauge(base_url, "l2s_running_requests") + gauge(base_url, "l2s_waiting_requests")
 
 
 def request(tokens: int, stream: bool = False, n: int = 1) -> dict:
@@ -103,7 +107,8 @@ def test_sigterm_drains_then_ends_what_outlives_the_grace(lab_models, tmp_path):
         threads[1].start()
         assert streaming.wait(30) and responding.wait(30)
         threads[2].start()
-        time.sleep(0.1)  # the short request is in flight
+        # SIGTERM only once the server holds the short request (4 + 1 + 1 sequences), else it is refused, rightly
+        wait_for(lambda: short or sequences_held(base_url) >= 6, "the short request to be admitted")
         process.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         refused = httpx.post(f"{base_url}/v1/chat/completions", json=request(5), timeout=10)  # still listening
