@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from distill.lora import peft_config
 from distill.sampling import sampling_summary
 from distill.selection import dpo_pairs
 from distill.training import (
@@ -58,7 +59,8 @@ def run(recipe: DPORecipe, out: Path) -> Path:
         raise SystemExit("no preference pairs: no problem had a correct sample with a longer alternative")
     print(f"{len(pairs)} pairs from {len(problems)} problems; longest response {longest} tokens")
     model = AutoModelForCausalLM.from_pretrained(model_path)
-    reference = AutoModelForCausalLM.from_pretrained(model_path)
+    # the reference is the long model; with LoRA, TRL uses the model with its adapter switched off
+    reference = None if recipe.lora else AutoModelForCausalLM.from_pretrained(model_path)
     work_dir = work_dir_for(out, recipe, pairs)
     max_length = max(longest_prompt(tokenizer, [p["prompt"] for p in pairs]) + 16, 64) + longest
     arguments = DPOConfig(**common_training_arguments(recipe, work_dir, max_length), beta=recipe.beta)
@@ -68,6 +70,7 @@ def run(recipe: DPORecipe, out: Path) -> Path:
         args=arguments,
         train_dataset=Dataset.from_list(pairs),
         processing_class=tokenizer,
+        peft_config=peft_config(recipe),
     )
     train_resumably(trainer, work_dir)
     save_model(
@@ -75,8 +78,7 @@ def run(recipe: DPORecipe, out: Path) -> Path:
         tokenizer,
         out,
         "dpo",
-        recipe.model,
-        recipe.model_dump(),
+        recipe,
         pairs,
         data={"problems": len(problems), "pairs": len(pairs), **sampling_summary(groups)},
     )

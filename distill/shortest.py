@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from distill.lora import peft_config
 from distill.sampling import sampling_summary
 from distill.selection import shortest_correct
 from distill.training import (
@@ -64,7 +65,11 @@ def run(recipe: ShortestRecipe, out: Path) -> Path:
     max_length = max(longest_prompt(tokenizer, [e["prompt"] for e in examples]) + 16, 64) + max(lengths)
     arguments = SFTConfig(**common_training_arguments(recipe, work_dir, max_length), completion_only_loss=True)
     trainer = SFTTrainer(
-        model=model, args=arguments, train_dataset=Dataset.from_list(examples), processing_class=tokenizer
+        model=model,
+        args=arguments,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tokenizer,
+        peft_config=peft_config(recipe),
     )
     train_resumably(trainer, work_dir)
     save_model(
@@ -72,8 +77,7 @@ def run(recipe: ShortestRecipe, out: Path) -> Path:
         tokenizer,
         out,
         "shortest-rejection-sft",
-        recipe.model,
-        recipe.model_dump(),
+        recipe,
         examples,
         data={
             "problems": len(problems),

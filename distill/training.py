@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from distill.lora import LoraRecipe, save_weights
 from distill.recipe import TaskRecipe
 from l2s.atomic import write_text_atomic
 from l2s.cards import atomic_model_dir, new_card, stable_hash, write_card
@@ -19,8 +20,9 @@ from l2s.tasks import TaskProblem, load_task
 logger = logging.getLogger("l2s")
 
 
-class TrainedRecipe(TaskRecipe):
-    """The settings shortest and dpo share: what to sample (k per problem) and how TRL trains on it."""
+class TrainedRecipe(LoraRecipe, TaskRecipe):
+    """The settings shortest and dpo share: what to sample (k per problem) and how TRL trains on it (all the
+    weights, or a LoRA adapter)."""
 
     k: int = Field(8, ge=2, description="samples per problem")
     num_problems: int = Field(2000, ge=1, description="training problems to sample on (the first N of the task)")
@@ -167,25 +169,23 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     return None
 
 
-def save_model(
-    trainer, tokenizer, out_dir: Path, method: str, parent: str, recipe: dict, examples: list, **extra
-) -> None:
+def save_model(trainer, tokenizer, out_dir: Path, method: str, recipe: TrainedRecipe, examples: list, **extra) -> None:
+    """The trained model (or LoRA adapter), its tokenizer and its card, published atomically as `out_dir`."""
     with atomic_model_dir(out_dir) as temporary:
-        trainer.save_model(str(temporary))
+        lora = save_weights(trainer.model, temporary, recipe)
         tokenizer.save_pretrained(str(temporary))
-        for leftover in ("training_args.bin",):
-            (temporary / leftover).unlink(missing_ok=True)
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         write_card(
             temporary,
             new_card(
                 name=out_dir.name,
                 method=method,
-                parents=[Path(parent).name],
-                recipe=recipe,
+                parents=[Path(recipe.model).name],
+                recipe=recipe.model_dump(),
                 role="short",
                 data_hash=stable_hash(examples),
                 training={"steps": trainer.state.global_step, "final_loss": losses[-1] if losses else None},
+                **lora,
                 **extra,
             ),
         )

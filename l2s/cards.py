@@ -87,9 +87,13 @@ def new_card(name: str, method: str, parents: list[str], recipe: dict, **extra: 
 
 
 def is_model_dir(path: Path) -> bool:
-    """A finished model: one of ours (its card is written last, inside an atomic rename), or a Hugging Face model
-    directory from elsewhere (a downloaded checkpoint) whose weights are all there."""
-    if not path.is_dir() or path.name.startswith(".") or not (path / "config.json").is_file():
+    """A finished model or LoRA adapter: one of ours (its card is written last, inside an atomic rename), or a
+    Hugging Face directory from elsewhere (a downloaded checkpoint, a peft adapter) whose weights are all there."""
+    if not path.is_dir() or path.name.startswith("."):
+        return False
+    if (path / "adapter_config.json").is_file():  # a LoRA adapter (l2s/adapters.py)
+        return (path / CARD_FILE).is_file() or (path / "adapter_model.safetensors").is_file()
+    if not (path / "config.json").is_file():
         return False
     return (path / CARD_FILE).is_file() or _has_all_weights(path)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from l2s.adapters import adapter_base, adapter_rank, is_adapter, lora_request, vllm_max_rank
 from l2s.formats import ReasoningFormat, detect_format, split_completion
 from l2s.inplace_reload import WORKER_EXTENSION
 
@@ -77,12 +78,16 @@ class Sample:
 
 def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings()):
     """A `vllm.LLM` for `model_dir` (a directory or a hub id) with the model's reasoning markers configured (so
-    budgets work); a model without reasoning markers gets none."""
+    budgets work); a model without reasoning markers gets none. For a LoRA adapter: its base's engine, and
+    `generate` applies the adapter."""
     from transformers import AutoTokenizer
 
     from l2s.models import resolve_model
 
     model_dir = resolve_model(model_dir)
+    adapter = None
+    if is_adapter(model_dir):  # the base's engine, with the adapter applied to every request
+        adapter, model_dir = model_dir, resolve_model(adapter_base(model_dir))
     fmt = detect_format(AutoTokenizer.from_pretrained(model_dir))
     gpu = on_gpu()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
@@ -103,9 +108,11 @@ def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings
         reasoning_config=reasoning_config(fmt),
         enable_prefix_caching=True,
         worker_extension_cls=WORKER_EXTENSION,  # lets RL load each new policy in place (l2s/inplace_reload.py)
+        **({"enable_lora": True, "max_lora_rank": vllm_max_rank([adapter_rank(adapter)])} if adapter else {}),
         **hardware,
     )
     engine._l2s_format = fmt  # what `engine_format` hands out: detected once, before the engine was built
+    engine._l2s_adapter = lora_request(Path(adapter).name, adapter) if adapter else None
     return engine
 
 
@@ -218,7 +225,12 @@ def generate_from_ids(
         )
         for cap, prompt_seed in zip(caps, seeds)
     ]
-    outputs = engine.generate([{"prompt_token_ids": list(ids)} for ids in prompts], params, use_tqdm=progress)
+    outputs = engine.generate(
+        [{"prompt_token_ids": list(ids)} for ids in prompts],
+        params,
+        use_tqdm=progress,
+        lora_request=getattr(engine, "_l2s_adapter", None),  # (set by `open_engine` for an adapter)
+    )
     results = []
     for output in outputs:
         samples = []

@@ -29,8 +29,11 @@ def resolve_model(spec: str | Path) -> Path:
     """The local directory holding model `spec` (a directory, or a hub id through the Hugging Face cache)."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFound(f"model {spec}: the directory has no config.json (not a Hugging Face model directory)")
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise ModelNotFound(
+                f"model {spec}: the directory has no config.json (not a Hugging Face model directory) and no "
+                "adapter_config.json (not a LoRA adapter)"
+            )
         return path
     if not looks_like_hub_id(str(spec)):
         raise ModelNotFound(f"model {spec}: no such directory, and not a hub id of the form owner/name")

@@ -11,12 +11,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from l2s.adapters import adapter_base, is_adapter
 from l2s.cards import find_models, read_card
 from l2s.jsonl import CorruptFile, read_yaml
 from l2s.models import ModelNotFound, resolve_model
 from l2s.registry import check_variant_name, registered_variants
 
 EFFORTS = ("none", "low", "medium", "high")
+ADAPTER_INHERITS = {"engine", "reasoning", "max_waiting"}  # a LoRA adapter's: its base variant's (the engine's)
 
 
 class Strict(BaseModel):
@@ -53,6 +55,12 @@ class EngineConfig(Strict):
     data_parallel_size: int = Field(1, gt=0)
     max_num_seqs: int = Field(64, gt=0, description="sequences the engine runs at once")
     structured_outputs: StructuredOutputs = StructuredOutputs()
+    max_loras: int | None = Field(
+        None, ge=1, description="LoRA adapters in one batch (vLLM's max_loras; default: every adapter hosted on it)"
+    )
+    max_lora_rank: int | None = Field(
+        None, ge=1, description="the largest adapter rank it takes (default: its adapters' largest, rounded up)"
+    )
     cpu_threads_bind: str | None = Field(
         None,
         description="CPU only: VLLM_CPU_OMP_THREADS_BIND for this engine ('auto', 'nobind', '0', '0-3'); "
@@ -95,6 +103,11 @@ class ReasoningConfig(Strict):
 class VariantConfig(Strict):
     name: str
     path: Path
+    base: str | None = Field(
+        None,
+        description="for a LoRA adapter: the hosted variant whose engine serves it (default: the one at the path "
+        "its adapter_config.json names, else the one named like that path's last part)",
+    )
     engine: EngineConfig = EngineConfig()
     reasoning: ReasoningConfig = ReasoningConfig()
     chat_template_kwargs: dict[str, Any] = Field(
@@ -161,6 +174,8 @@ class ServerConfig(Strict):
                 role = (read_card(model_path) or {}).get("role")
                 if name not in named and role != "base":
                     variant = {**defaults, "name": name, "path": model_path}
+                    if is_adapter(model_path):  # served on its base's engine, with the base's format
+                        variant = {k: v for k, v in variant.items() if k not in ADAPTER_INHERITS}
                     config.variants.append(VariantConfig.model_validate(variant))
             if "auto" not in raw:
                 config.auto = auto_policy_from_cards(config.variants)
@@ -182,9 +197,45 @@ class ServerConfig(Strict):
                 variant.path = resolve_model(variant.path)
             except ModelNotFound as error:
                 raise ValueError(f"variant {variant.name}: {error}") from None
+        for variant in self.variants:
+            if is_adapter(variant.path):
+                variant.base = self._adapter_host(variant)
+            elif variant.base is not None:
+                raise ValueError(f"variant {variant.name}: `base` is for LoRA adapters, and {variant.path} is a model")
         for target in [rule.variant for rule in self.auto.rules] + [self.auto.default]:
             if target is not None and target not in names:
                 raise ValueError(f"auto policy names {target!r}, which is not a hosted variant ({names})")
+
+    def _adapter_host(self, adapter: VariantConfig) -> str:
+        """The hosted full model whose engine serves LoRA adapter `adapter` (ValueError: refused at startup)."""
+        inherited = ADAPTER_INHERITS & adapter.model_fields_set
+        if inherited:
+            raise ValueError(
+                f"variant {adapter.name} is a LoRA adapter: it runs on its base's engine, with its base's "
+                f"{' and '.join(sorted(inherited))} settings (set them on the base variant)"
+            )
+        full = [variant for variant in self.variants if not is_adapter(variant.path)]
+        if adapter.base is not None:
+            host = next((v for v in full if v.name == adapter.base), None)
+            if host is None:
+                raise ValueError(
+                    f"variant {adapter.name}: its base {adapter.base!r} is not a hosted full model "
+                    f"({[v.name for v in full]})"
+                )
+            return host.name
+        base = adapter_base(adapter.path)
+        same_path = [v for v in full if Path(base).exists() and v.path.resolve() == Path(base).resolve()]
+        same_name = [v for v in full if v.name == Path(base).name]
+        host = (same_path or same_name or [None])[0]
+        if host is None:
+            raise ValueError(
+                f"variant {adapter.name} is a LoRA adapter of {base}, which no hosted variant serves: host that "
+                f"model too, or name the variant to run it on with `base:`"
+            )
+        return host.name
+
+    def adapters_of(self, host: str) -> list[VariantConfig]:
+        return [variant for variant in self.variants if variant.base == host]
 
     def variant(self, name: str) -> VariantConfig | None:
         return next((variant for variant in self.variants if variant.name == name), None)

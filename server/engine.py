@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from l2s.adapters import adapter_rank, lora_request, vllm_max_rank
 from l2s.formats import PLAIN, ReasoningFormat, detect_format
 from l2s.generation import cpu_scheduling, engine_dtype, model_max_length, on_gpu, reasoning_config
 from l2s.reasoning import PlainStream, ReasoningMarkers, ReasoningStream
@@ -77,6 +78,8 @@ class VariantEngine:
         self.restarting = False
         self.failed = False  # died with no restart left
         self._unfinished_build = None  # an engine build the server stopped waiting for (see `start`)
+        self.adapters: list[AdapterEngine] = []  # LoRA variants served on this engine (they add themselves)
+        self.lora = None  # vLLM's LoRARequest for an adapter variant's requests; a full model's: none
 
     @property
     def name(self) -> str:
@@ -100,21 +103,35 @@ class VariantEngine:
         return "restarting" if self.restarting else "loading"
 
     @property
+    def host(self) -> VariantEngine:
+        """The variant whose vLLM engine this one runs on: itself, or an adapter's base."""
+        return self
+
+    @property
     def running(self) -> int:
-        return min(self.in_flight, self.variant.engine.max_num_seqs)
+        """This variant's sequences in the engine's slots: the variants sharing an engine fill its slots in turn
+        (base, then adapters), so that the counts add up to what the engine runs."""
+        host = self.host
+        before = 0
+        for variant in [host, *host.adapters]:
+            if variant is self:
+                break
+            before += variant.in_flight
+        return max(0, min(self.in_flight, host.variant.engine.max_num_seqs - before))
 
     @property
     def waiting(self) -> int:
-        return max(0, self.in_flight - self.variant.engine.max_num_seqs)
+        return self.in_flight - self.running
 
     @property
     def capacity(self) -> int:
-        """Sequences admitted at most: running in the engine, plus waiting for a slot."""
-        return self.variant.engine.max_num_seqs + self.variant.max_waiting
+        """Sequences admitted at most, over every variant on the engine: running in it, plus waiting for a slot."""
+        return self.host.variant.engine.max_num_seqs + self.host.variant.max_waiting
 
     def reserve(self, sequences: int) -> bool:
         """Admit a request of `sequences` choices if the engine's slots and queue have room for them all."""
-        if self.in_flight + sequences > self.capacity:
+        host = self.host
+        if sum(variant.in_flight for variant in [host, *host.adapters]) + sequences > self.capacity:
             return False
         self.in_flight += sequences
         return True
@@ -170,6 +187,7 @@ class VariantEngine:
             structured_outputs_config=self._structured_outputs_config(),
             enable_prefix_caching=True,
             disable_log_stats=True,
+            **self._lora_args(),
             **({"gpu_memory_utilization": settings.gpu_memory_utilization} if on_gpu() else {}),
             **cpu_scheduling(self.max_model_len or 8192),  # keeps seeded requests from killing a CPU engine
         )
@@ -185,6 +203,14 @@ class VariantEngine:
         self.tokenizer = engine.get_tokenizer()
         self.max_model_len = engine.model_config.max_model_len  # what vLLM settled on
         self.engine = engine
+
+    def _lora_args(self) -> dict:
+        """vLLM's adapter slots, when LoRA variants are served on this engine."""
+        if not self.adapters:
+            return {}
+        settings = self.variant.engine
+        rank = settings.max_lora_rank or vllm_max_rank([adapter_rank(a.variant.path) for a in self.adapters])
+        return {"enable_lora": True, "max_loras": settings.max_loras or len(self.adapters), "max_lora_rank": rank}
 
     def check_tool_parser(self) -> None:
         """A variant's `tool_parser` must be one of vLLM's (ValueError: refused at startup)."""
@@ -308,6 +334,7 @@ class VariantEngine:
             # (and not from the prompt, whose earlier turns may hold an end marker)
             reasoning_ended=thinking_off if markers and sampling.structured_outputs else None,
             reasoning_parser_kwargs={"start": markers.start, "end": markers.end} if markers else None,
+            lora_request=self.lora,
         )
         async with contextlib.aclosing(outputs):
             async for output in outputs:
@@ -339,6 +366,46 @@ class VariantEngine:
                             answer_logprobs=scored and scored["answer"],
                         ),
                     )
+
+
+class AdapterEngine(VariantEngine):
+    """A LoRA adapter variant: its requests run on its base variant's engine with the adapter applied (vLLM's
+    multi-LoRA serving). It has its own name, budgets, efforts, chat template arguments, tool parser and metrics;
+    the engine, its slots and queue, the tokenizer and the reasoning format are the base's. The base starts,
+    restarts and stops the engine; an adapter's status is its base's."""
+
+    def __init__(self, variant: VariantConfig, base: VariantEngine):
+        super().__init__(variant, base.position)
+        self._base = base
+        base.adapters.append(self)
+        self.lora = lora_request(variant.name, variant.path, int_id=len(base.adapters))  # ids unique per engine
+        self._tokenizer_thread = base._tokenizer_thread  # one thread per tokenizer: the base's is shared
+
+    @property
+    def host(self) -> VariantEngine:
+        return self._base
+
+    # the engine, tokenizer, format and context are the base's, whatever the base's restarts make them
+    engine = property(lambda self: self._base.engine, lambda self, value: None)
+    tokenizer = property(lambda self: self._base.tokenizer, lambda self, value: None)
+    format = property(lambda self: self._base.format, lambda self, value: None)
+    max_model_len = property(lambda self: self._base.max_model_len, lambda self, value: None)
+
+    @property
+    def status(self) -> str:
+        return self._base.status
+
+    async def start(self) -> None:
+        """Load the adapter into the base's engine (started before), so that an adapter that does not fit the
+        base is refused at startup rather than failing its first request."""
+        self.check_tool_parser()
+        try:
+            await self.engine.add_lora(self.lora)
+        except Exception as error:
+            raise ValueError(f"variant {self.name}: the adapter does not load on {self._base.name}: {error}") from None
+
+    def shutdown(self) -> None:
+        pass  # (the base stops the engine)
 
 
 @dataclass

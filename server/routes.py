@@ -85,6 +85,8 @@ async def list_models(request: Request) -> dict:
                 "object": "model",
                 "created": now(),
                 "owned_by": "long2short",
+                # vLLM's convention: a LoRA adapter's parent is the model whose engine serves it
+                "parent": engine.host.name if engine.host is not engine else None,
                 "max_model_len": engine.max_model_len,
                 # long2short's own fields: what a budget or an effort means on this variant
                 "max_thinking_tokens": as_budget(engine.variant.max_thinking_tokens),

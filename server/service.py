@@ -16,7 +16,7 @@ from typing import Any
 
 from server.budgets import Calibration, choose_variant, effective_budget
 from server.config import ServerConfig
-from server.engine import Chunk, GenerationParams, ToolReader, VariantEngine
+from server.engine import AdapterEngine, Chunk, GenerationParams, ToolReader, VariantEngine
 from server.errors import APIError, sse_error
 from server.metrics import ServerMetrics
 from server.protocol import ChatCompletionRequest, completion_id, delta, logprobs, message, now, usage
@@ -54,9 +54,12 @@ class ChatService:
     def __init__(self, config: ServerConfig, calibration: Calibration | None = None):
         self.config = config
         self.calibration = calibration
-        self.engines = {
-            variant.name: VariantEngine(variant, position) for position, variant in enumerate(config.variants)
-        }
+        full = [variant for variant in config.variants if variant.base is None]
+        self.engines = {variant.name: VariantEngine(variant, position) for position, variant in enumerate(full)}
+        for variant in config.variants:  # LoRA adapters, on their base's engine
+            if variant.base is not None:
+                self.engines[variant.name] = AdapterEngine(variant, self.engines[variant.base])
+        self.engines = {variant.name: self.engines[variant.name] for variant in config.variants}  # config order
         self.metrics = ServerMetrics()
         for name, engine in self.engines.items():  # read at scrape time, so they are never stale
             self.metrics.running.labels(name).set_function(lambda engine=engine: engine.running)
@@ -69,7 +72,8 @@ class ChatService:
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        for engine in self.engines.values():  # one at a time: engines starting together fight for the CPU
+        # one at a time (engines starting together fight for the CPU), adapters after their bases
+        for engine in sorted(self.engines.values(), key=lambda engine: engine.host is not engine):
             await engine.start()
         await self.watch_engines()
 
@@ -81,7 +85,7 @@ class ChatService:
         while not self.draining:
             await asyncio.sleep(WATCH_SECONDS)
             for engine in self.engines.values():
-                if engine.dead and not self.draining:
+                if engine.host is engine and engine.dead and not self.draining:  # (an adapter's: its base's)
                     await self._recover(engine)
 
     async def _recover(self, engine: VariantEngine) -> None:

@@ -145,3 +145,61 @@ def test_reasoning_stream_multi_token_markers_and_counts():
     out.append(stream.flush())
     assert "".join(r for r, _ in out) == "xy" and "".join(a for _, a in out) == "z"
     assert stream.reasoning_tokens == 2 and stream.answer_tokens == 1 and stream.closed
+
+
+def _adapter(tmp_path, name, base):
+    path = tmp_path / name
+    path.mkdir()
+    (path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base), "r": 8}))
+    return path
+
+
+def _load(tmp_path, variants):
+    config = tmp_path / "server.yaml"
+    config.write_text(json.dumps({"variants": variants}))
+    return ServerConfig.load(config, None)
+
+
+def test_lora_adapters_find_their_base(tmp_path):
+    long = _variant(tmp_path, "long")
+    by_path = _adapter(tmp_path, "by-path", long.path)
+    moved = _adapter(tmp_path, "moved", "/elsewhere/long")  # a models directory moved: matched by name
+    named = _adapter(tmp_path, "named", "/nowhere/other")
+    config = _load(
+        tmp_path,
+        [
+            {"name": "long", "path": str(long.path)},
+            {"name": "by-path", "path": str(by_path)},
+            {"name": "moved", "path": str(moved)},
+            {"name": "named", "path": str(named), "base": "long", "efforts": {"low": 1, "medium": 2, "high": 3}},
+        ],
+    )
+    assert {v.name: v.base for v in config.variants} == {
+        "long": None,
+        "by-path": "long",
+        "moved": "long",
+        "named": "long",
+    }
+    assert [v.name for v in config.adapters_of("long")] == ["by-path", "moved", "named"]
+
+
+def test_an_adapter_without_its_base_is_refused(tmp_path):
+    from l2s.jsonl import CorruptFile
+
+    long = _variant(tmp_path, "long")
+    orphan = _adapter(tmp_path, "orphan", "/models/other-base")
+    with pytest.raises(CorruptFile, match="adapter of /models/other-base, which no hosted variant serves"):
+        _load(tmp_path, [{"name": "long", "path": str(long.path)}, {"name": "orphan", "path": str(orphan)}])
+    with pytest.raises(CorruptFile, match="its base 'nope' is not a hosted full model"):
+        _load(tmp_path, [{"name": "orphan", "path": str(orphan), "base": "nope"}])
+    adapter = _adapter(tmp_path, "adapter", long.path)
+    with pytest.raises(CorruptFile, match="runs on its base's engine, with its base's engine settings"):
+        _load(
+            tmp_path,
+            [
+                {"name": "long", "path": str(long.path)},
+                {"name": "a", "path": str(adapter), "engine": {"max_num_seqs": 2}},
+            ],
+        )
+    with pytest.raises(CorruptFile, match="`base` is for LoRA adapters"):
+        _load(tmp_path, [{"name": "long", "path": str(long.path), "base": "long"}])

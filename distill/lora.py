@@ -1,0 +1,71 @@
+"""LoRA variants: `--lora` trains a peft low-rank adapter of the starting model instead of all its weights.
+
+The output is a peft adapter directory (`adapter_config.json`, `adapter_model.safetensors`) with the tokenizer
+and `card.json`, written atomically like every model directory; `l2s serve` hosts it on its base's engine and
+`l2s eval` runs it on the base's (l2s/adapters.py). `--merge-adapter` writes the merged full model instead, for
+engines without LoRA.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, model_validator
+
+from l2s.adapters import write_base_reference
+from l2s.models import looks_like_hub_id
+
+
+class LoraRecipe(BaseModel):
+    """The LoRA settings a trained method's recipe takes (flags `--lora`, `--lora-rank`, ...)."""
+
+    lora: bool = Field(False, description="train a LoRA adapter instead of every weight")
+    lora_rank: int = Field(16, ge=1, le=512, description="the adapter's rank r")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA α (the update is scaled by α / r)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    lora_target_modules: list[str] = Field(
+        ["all-linear"], description="modules that get an adapter (peft names; all-linear: every linear layer)"
+    )
+    merge_adapter: bool = Field(False, description="with --lora: write the merged full model, not the adapter")
+
+    @model_validator(mode="after")
+    def _merge_needs_lora(self):
+        if self.merge_adapter and not self.lora:
+            raise ValueError("merge_adapter needs lora (there is no adapter to merge)")
+        return self
+
+
+def peft_config(recipe: LoraRecipe):
+    """peft's config for the recipe's adapter, or None for full-weight training."""
+    if not recipe.lora:
+        return None
+    from peft import LoraConfig
+
+    modules = recipe.lora_target_modules
+    return LoraConfig(
+        r=recipe.lora_rank,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules=modules[0] if modules == ["all-linear"] else modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def base_reference(model: str) -> str:
+    """How an adapter names its base: a hub id as given, a directory by its absolute path."""
+    return model if looks_like_hub_id(model) and not Path(model).exists() else str(Path(model).resolve())
+
+
+def save_weights(model, directory: Path, recipe: LoraRecipe) -> dict:
+    """Write the trained weights into `directory`: the adapter (pointing at its base), or with `merge_adapter`
+    the merged model, or the full model. Returns the card's `adapter` entry (None without LoRA)."""
+    if not recipe.lora:
+        model.save_pretrained(str(directory))
+        return {}
+    settings = {"rank": recipe.lora_rank, "alpha": recipe.lora_alpha, "target_modules": recipe.lora_target_modules}
+    if recipe.merge_adapter:
+        model.merge_and_unload().save_pretrained(str(directory))
+        return {"lora": {**settings, "merged": True}}
+    model.save_pretrained(str(directory))
+    write_base_reference(directory, base_reference(recipe.model))
+    return {"lora": settings, "base": base_reference(recipe.model)}

@@ -1,0 +1,64 @@
+"""A fix for vLLM's CPU LoRA kernels, loaded into every vLLM process as a general plugin (pyproject's
+`vllm.general_plugins` entry point).
+
+vLLM marks the tokens of requests without an adapter with LoRA index -1. Its CUDA kernels skip them; the
+PyTorch ops its CPU build uses (`vllm/lora/ops/torch_ops/lora_ops.py`) gather `weights[-1]` instead — the last
+adapter slot — so a base-model request batched beside adapter requests silently gets an adapter applied
+(vllm-project/vllm#48421, open as of vLLM 0.32). Found by tests/test_lora.py: lab-long answered like the DPO
+adapter whenever both had requests in flight. Until the fix lands, these wrappers make -1 mean "no adapter":
+the shrink (x·A) is zero for those tokens, and the expand (·B) leaves their output as it was. For tokens with
+an adapter the ops run unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+
+
+def _shrink_skipping_base_tokens(shrink):
+    @functools.wraps(shrink)
+    def wrapper(inputs, lora_weights, output, indices, *args, **kwargs):
+        base = indices < 0
+        shrink(inputs, lora_weights, output, indices.clamp(min=0), *args, **kwargs)
+        if base.any():
+            output[base] = 0
+        return output
+
+    wrapper._l2s_fixed = True
+    return wrapper
+
+
+def _expand_skipping_base_tokens(expand):
+    @functools.wraps(expand)
+    def wrapper(inputs, lora_weights, output, indices, *args, **kwargs):
+        base = indices < 0
+        if not base.any():
+            return expand(inputs, lora_weights, output, indices, *args, **kwargs)
+        rows = base if output.shape[0] == base.shape[0] else None
+        kept = output[rows].clone() if rows is not None else None
+        expand(inputs, lora_weights, output, indices.clamp(min=0), *args, **kwargs)
+        if rows is not None:
+            output[rows] = kept
+        return output
+
+    wrapper._l2s_fixed = True
+    return wrapper
+
+
+def register() -> None:
+    """Wrap the CPU ops where they are defined and where the CPU punica wrapper imported them (idempotent)."""
+    try:
+        from vllm.lora.ops.torch_ops import lora_ops
+        from vllm.lora.punica_wrapper import punica_cpu
+    except ImportError:  # a vLLM without these modules: nothing to fix
+        return
+    wrappers = {
+        "bgmv_shrink": _shrink_skipping_base_tokens,
+        "bgmv_expand": _expand_skipping_base_tokens,
+        "bgmv_expand_slice": _expand_skipping_base_tokens,
+    }
+    for name, wrap in wrappers.items():
+        for module in (lora_ops, punica_cpu):
+            op = getattr(module, name, None)
+            if op is not None and not getattr(op, "_l2s_fixed", False):
+                setattr(module, name, wrap(op))
