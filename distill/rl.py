@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 from tqdm.auto import tqdm
 
+from distill.lora import LoraRecipe, peft_config, save_weights
 from distill.recipe import TaskRecipe
 from distill.rewards import baseline, total_rewards
 from distill.validation import Score, score_policy, select, validation_split
@@ -58,7 +59,7 @@ if TYPE_CHECKING:  # torch is imported where it runs: `l2s --help` loads this mo
     import torch
 
 
-class RLRecipe(TaskRecipe):
+class RLRecipe(LoraRecipe, TaskRecipe):
     iterations: int = Field(10, ge=1, description="RL iterations (sample, then train)")
     problems_per_iteration: int = Field(64, ge=1, description="problems sampled per iteration")
     k: int = Field(8, ge=2, description="samples per problem")
@@ -244,7 +245,8 @@ def rollouts(
 def new_optimizer(model, recipe: RLRecipe) -> torch.optim.Optimizer:
     import torch
 
-    return torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.0)
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]  # (LoRA: the adapter's)
+    return torch.optim.AdamW(trainable, lr=recipe.learning_rate, weight_decay=0.0)
 
 
 def train_iteration(
@@ -328,16 +330,36 @@ def _chunks(items: list, size: int):
 # --- engine weights and checkpoints --------------------------------------------------------------------------------
 
 
-def refresh_engine(engine, checkpoint: Path):
+def refresh_engine(engine, checkpoint: Path, recipe: RLRecipe, iteration: int):
     """The engine, now serving exactly the weights of `checkpoint`: loaded in place (a restart cost 28–42 s of each
     iteration on 2 CPU cores). vLLM's in-place reload alone left the CPU build's packed embedding and LM head
     stale; `reload_engine_weights` repacks them and drops the prefix cache, and tests/test_inplace_reload.py
     checks the result against a fresh engine token for token. Rollouts are seeded per request, so the run is
-    the same either way."""
+    the same either way. With LoRA the base weights stay and the engine applies the checkpoint's adapter."""
+    from l2s.generation import use_adapter
     from l2s.inplace_reload import reload_engine_weights
 
-    reload_engine_weights(engine, checkpoint)
+    if recipe.lora:
+        use_adapter(engine, checkpoint, version=iteration)
+    else:
+        reload_engine_weights(engine, checkpoint)
     return engine
+
+
+def load_policy(recipe: RLRecipe, checkpoint: Path | None):
+    """The policy to train: the start model or a checkpoint's weights; with LoRA, the start model with a new
+    adapter (seeded) or the checkpoint's adapter, only the adapter trainable."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not recipe.lora:
+        return AutoModelForCausalLM.from_pretrained(checkpoint or recipe.model_path, dtype=torch.float32)
+    from peft import PeftModel, get_peft_model
+
+    base = AutoModelForCausalLM.from_pretrained(recipe.model_path, dtype=torch.float32)
+    if checkpoint is None:
+        return get_peft_model(base, peft_config(recipe))
+    return PeftModel.from_pretrained(base, checkpoint, is_trainable=True)
 
 
 def save_checkpoint(
@@ -426,7 +448,7 @@ def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | Non
 
 def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: int | None) -> Path | None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from l2s.generation import close_engine, open_engine
 
@@ -446,10 +468,9 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
             shutil.rmtree(old)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         (run_dir / "validation.jsonl").unlink(missing_ok=True)
-    source = start_from or recipe.model_path
     torch.manual_seed(recipe.seed)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(start_from or recipe.model_path)
+    model = load_policy(recipe, start_from).eval()
     if torch.cuda.is_available():
         model = model.to("cuda")
     if recipe.gradient_checkpointing:
@@ -493,7 +514,12 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
     if "gpu_memory_utilization" not in recipe.engine.model_fields_set:
         # the engine shares the GPU with the trainer (weights, gradients, AdamW moments, activations)
         engine_settings = engine_settings.model_copy(update={"gpu_memory_utilization": 0.4})
-    engine = open_engine(source, engine_settings)
+    if recipe.lora:  # the start model's weights stay in the engine; each checkpoint's adapter is applied to them
+        engine = open_engine(recipe.model_path, engine_settings, max_lora_rank=recipe.lora_rank)
+        if start_from:
+            refresh_engine(engine, start_from, recipe, state.iteration)
+    else:
+        engine = open_engine(start_from or recipe.model_path, engine_settings)
     progress = tqdm(total=recipe.iterations, initial=state.iteration, desc="rl", unit="iter", dynamic_ncols=True)
     try:
         validate_if_due()
@@ -541,7 +567,7 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
             )
             stopping = stop_after is not None and stop_after <= state.iteration < recipe.iterations
             if not stopping:
-                engine = refresh_engine(engine, checkpoint)
+                engine = refresh_engine(engine, checkpoint, recipe, state.iteration)
                 validate_if_due()
             write_logs(run_dir, state, chosen_iteration(state, recipe))
             progress.update(1)
@@ -568,18 +594,20 @@ def continues(saved: RLRecipe, recipe: RLRecipe) -> bool:
 
 
 def publish(recipe: RLRecipe, out: Path, run_dir: Path, state: RunState, chosen: int) -> Path:
-    """Write the selected checkpoint (iteration 0: the start model itself) as the finished model directory."""
+    """Write the selected checkpoint (iteration 0: the start model itself, with LoRA a new adapter, which changes
+    nothing) as the finished model directory (with LoRA: the adapter, or the merged model)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    source = checkpoint_dir(run_dir, chosen) if chosen else recipe.model_path
+    checkpoint = checkpoint_dir(run_dir, chosen) if chosen else None
     if chosen == 0:
         print("warning: no checkpoint kept the start's validation accuracy with fewer tokens; the output is the start")
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+        torch.manual_seed(recipe.seed)
+    model = load_policy(recipe, checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint or recipe.model_path)
     seconds = sum(h["sampling_seconds"] + h["training_seconds"] for h in state.history)
     with atomic_model_dir(out) as temporary:
-        model.save_pretrained(temporary)
+        lora = save_weights(model, temporary, recipe)
         tokenizer.save_pretrained(temporary)
         write_card(
             temporary,
@@ -598,6 +626,7 @@ def publish(recipe: RLRecipe, out: Path, run_dir: Path, state: RunState, chosen:
                     "history": state.history,
                     "seconds": round(seconds, 1),
                 },
+                **lora,
             ),
         )
     print(f"wrote {out} (iteration {chosen} of {state.iteration}); metrics in {run_dir / 'metrics.jsonl'}")

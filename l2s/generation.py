@@ -76,10 +76,11 @@ class Sample:
     logprob: float | None = None  # with `logprobs=True`: log π of the sampled tokens (eos included), per the engine
 
 
-def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings()):
+def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings(), max_lora_rank: int | None = None):
     """A `vllm.LLM` for `model_dir` (a directory or a hub id) with the model's reasoning markers configured (so
     budgets work); a model without reasoning markers gets none. For a LoRA adapter: its base's engine, and
-    `generate` applies the adapter."""
+    `generate` applies the adapter. `max_lora_rank`: room for adapters of that rank, applied by `use_adapter`
+    (RL with LoRA)."""
     from transformers import AutoTokenizer
 
     from l2s.models import resolve_model
@@ -88,6 +89,7 @@ def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings
     adapter = None
     if is_adapter(model_dir):  # the base's engine, with the adapter applied to every request
         adapter, model_dir = model_dir, resolve_model(adapter_base(model_dir))
+        max_lora_rank = max(max_lora_rank or 1, adapter_rank(adapter))
     fmt = detect_format(AutoTokenizer.from_pretrained(model_dir))
     gpu = on_gpu()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
@@ -108,12 +110,20 @@ def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings
         reasoning_config=reasoning_config(fmt),
         enable_prefix_caching=True,
         worker_extension_cls=WORKER_EXTENSION,  # lets RL load each new policy in place (l2s/inplace_reload.py)
-        **({"enable_lora": True, "max_lora_rank": vllm_max_rank([adapter_rank(adapter)])} if adapter else {}),
+        **({"enable_lora": True, "max_lora_rank": vllm_max_rank([max_lora_rank])} if max_lora_rank else {}),
         **hardware,
     )
     engine._l2s_format = fmt  # what `engine_format` hands out: detected once, before the engine was built
-    engine._l2s_adapter = lora_request(Path(adapter).name, adapter) if adapter else None
+    engine._l2s_adapter = None
+    if adapter:
+        use_adapter(engine, adapter)
     return engine
+
+
+def use_adapter(engine, adapter: str | Path, version: int = 1) -> None:
+    """Apply LoRA adapter `adapter` to everything the engine generates from now on (engines opened with room for
+    it). A new `version` makes vLLM load the directory afresh: RL writes each iteration's adapter to a new one."""
+    engine._l2s_adapter = lora_request(f"{Path(adapter).name}-{version}", adapter, int_id=version)
 
 
 def reasoning_config(fmt: ReasoningFormat) -> dict | None:

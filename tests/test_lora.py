@@ -1,4 +1,4 @@
-"""LoRA variants: `l2s distill shortest|dpo --lora` write peft adapters of lab-long; `l2s eval` runs one on its
+"""LoRA variants: `l2s distill shortest|dpo|rl --lora` write peft adapters of lab-long; `l2s eval` runs one on its
 base's engine; `l2s serve` hosts both on lab-long's one engine, each with its own behaviour, budgets and reasoning
 fields, also when they answer at once; an adapter whose base is not hosted is refused at startup."""
 
@@ -24,10 +24,12 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 # a short run of each method's recipe, as an adapter (a LoRA takes a larger learning rate than full weights)
-LORA = ["--num-problems", "64", "--k", "4", "--batch-size", "8", "--lora", "--lora-rank", "8"]
-STEPS = {
-    "shortest": ["--max-steps", "30", "--learning-rate", "0.003"],
-    "dpo": ["--max-steps", "20", "--learning-rate", "0.0005"],
+LORA = ["--lora", "--lora-rank", "8"]
+SAMPLED = ["--num-problems", "64", "--k", "4", "--batch-size", "8"]
+METHODS = {
+    "shortest": [*SAMPLED, "--max-steps", "30", "--learning-rate", "0.003"],
+    "dpo": [*SAMPLED, "--max-steps", "20", "--learning-rate", "0.0005"],
+    "rl": ["--iterations", "2", "--problems-per-iteration", "16", "--validation-problems", "16"],
 }
 QUESTIONS = [problem.question for problem in generate_problems("test", 8, seed=7, levels=(2,))]
 
@@ -39,7 +41,7 @@ def _l2s(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def adapters(lab_models, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("adapters")
-    for method, settings in STEPS.items():
+    for method, settings in METHODS.items():
         recipe = ROOT / "configs" / "distill" / f"{method}.yaml"
         result = _l2s(
             root,
@@ -51,13 +53,16 @@ def adapters(lab_models, tmp_path_factory) -> Path:
 
 
 def test_distill_writes_peft_adapters_and_eval_runs_them(lab_models, adapters):
-    for method in STEPS:
+    for method in METHODS:
         adapter = adapters / f"lora-{method}"
         assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "config.json").exists()
         config = json.loads((adapter / "adapter_config.json").read_text())
         assert config["base_model_name_or_path"] == str((lab_models / "lab-long").resolve()) and config["r"] == 8
         card = read_card(adapter)
-        assert card["lora"]["rank"] == 8 and card["parents"] == ["lab-long"] and card["training"]["steps"]
+        assert card["lora"]["rank"] == 8 and card["parents"] == ["lab-long"] and card["training"]
+    # RL's engine applied each iteration's adapter: its log-probabilities of what it sampled are the trainer's
+    history = read_card(adapters / "lora-rl")["training"]["history"]
+    assert len(history) == 2 and all(h["engine_logprob_gap"] < 1e-3 for h in history), history
     out = adapters / "eval"
     command = ["eval", "--offline", "--task", "lab", "--budgets", "none", "--num-problems", "40", "--out", str(out)]
     command += ["--model", str(lab_models / "lab-long"), "--model", str(adapters / "lora-shortest")]
@@ -82,7 +87,7 @@ def _engine_processes(server_pid: int) -> list[psutil.Process]:
 
 def test_adapters_are_served_on_their_base_engine(lab_models, adapters, tmp_path):
     variants = [{"name": "lab-long", "path": str(lab_models / "lab-long")}]
-    variants += [{"name": f"lora-{m}", "path": str(adapters / f"lora-{m}")} for m in STEPS]
+    variants += [{"name": f"lora-{m}", "path": str(adapters / f"lora-{m}")} for m in METHODS]  # three adapters
     variants[1]["efforts"] = {"low": 8, "medium": 24, "high": -1}
     config = tmp_path / "server.yaml"
     config.write_text(yaml.safe_dump({"variants": variants}))
@@ -92,12 +97,12 @@ def test_adapters_are_served_on_their_base_engine(lab_models, adapters, tmp_path
     process, base_url = start_server(empty, "--config", str(config), log_path=tmp_path / "server.log", env=env)
     try:
         wait_healthy(base_url, process)
-        assert len(_engine_processes(process.pid)) == 1  # three variants, one vLLM engine
+        assert len(_engine_processes(process.pid)) == 1  # four variants, one vLLM engine
         listed = {m["id"]: m for m in httpx.get(f"{base_url}/v1/models").json()["data"]}
         assert listed["lora-shortest"]["parent"] == listed["lora-dpo"]["parent"] == "lab-long"
         assert listed["lab-long"]["parent"] is None and listed["lora-shortest"]["efforts"]["low"] == 8
 
-        models = ["lab-long", "lora-shortest", "lora-dpo"]
+        models = ["lab-long", "lora-shortest", "lora-dpo", "lora-rl"]
         alone = {(m, q): _ask(base_url, m, q) for m in models for q in QUESTIONS}
         with concurrent.futures.ThreadPoolExecutor(len(models) * len(QUESTIONS)) as pool:
             futures = {(m, q): pool.submit(_ask, base_url, m, q) for m in models for q in QUESTIONS}
