@@ -8,7 +8,8 @@ VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "vllm>=0.12" || ec
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
 .PHONY: setup deps browser playground-screenshots lab serve test test-fast lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-merge-sweep lab-eval bench loadtest \
-	lab-seeds lab-rl-seeds lab-shortest-seeds lab-dpo-seeds lab-rl-other-lab
+	lab-seeds lab-rl-seeds lab-shortest-seeds lab-dpo-seeds lab-rl-other-lab \
+	lab-lora lab-shortest-lora lab-dpo-lora lab-rl-lora lab-lora-eval bench-lora
 
 setup: $(VENV)/.deps-installed lab browser
 
@@ -54,6 +55,30 @@ lab-dpo: setup
 
 lab-rl: setup
 	$(BIN)/l2s distill rl --recipe configs/distill/rl.yaml --out $(MODELS)/lab-rl
+
+# LoRA variants (README "LoRA variants"): the same recipes training an adapter of lab-long instead of every weight;
+# `l2s serve` hosts them on lab-long's engine. A LoRA takes a larger learning rate: ten times its recipe's.
+lab-lora: lab-shortest-lora lab-dpo-lora lab-rl-lora
+
+lab-shortest-lora: setup
+	$(BIN)/l2s distill shortest --recipe configs/distill/shortest.yaml --lora --learning-rate 0.003 \
+		--out $(MODELS)/lab-shortest-lora
+
+lab-dpo-lora: setup
+	$(BIN)/l2s distill dpo --recipe configs/distill/dpo.yaml --lora --learning-rate 0.0003 --out $(MODELS)/lab-dpo-lora
+
+lab-rl-lora: setup
+	$(BIN)/l2s distill rl --recipe configs/distill/rl.yaml --lora --learning-rate 0.0015 --out $(MODELS)/lab-rl-lora
+
+# The LoRA variants beside lab-long (and the full-weight variants made so far), offline, 500 test problems.
+lab-lora-eval: setup
+	$(BIN)/l2s eval --offline $(foreach m,$(wildcard $(MODELS)/lab-long $(MODELS)/lab-shortest $(MODELS)/lab-shortest-lora $(MODELS)/lab-dpo $(MODELS)/lab-dpo-lora $(MODELS)/lab-rl $(MODELS)/lab-rl-lora),--model $(m)) \
+		--task lab --num-problems 500 --budgets none --out results/lab-lora
+
+# Memory and throughput: lab-long and the three LoRA variants as four engines (the adapters merged) or as one.
+bench-lora: setup
+	$(BIN)/python clients/bench_lora.py --base $(MODELS)/lab-long --adapter $(MODELS)/lab-shortest-lora \
+		--adapter $(MODELS)/lab-dpo-lora --adapter $(MODELS)/lab-rl-lora --out results/bench-lora
 
 # The README's distill figures over seeds (mean and range; per-seed rows in results/seeds-*/): each recipe
 # trained once per seed from the same lab-long, then evaluated offline on the 500 test problems.
