@@ -31,28 +31,9 @@ import psutil
 import yaml
 
 from clients.bench import SETTLE_S, one_stream
+from distill.lora import full_weights
 from l2s.lab.task import generate_problems
 from l2s.local_server import start_server, stop_server, wait_healthy
-
-
-def merged_copies(adapters: list[Path], scratch: Path) -> list[Path]:
-    """Each adapter merged into a full copy of its base (what `--merge-adapter` writes)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from l2s.adapters import adapter_base
-    from l2s.models import resolve_model
-
-    copies = []
-    for adapter in adapters:
-        base = resolve_model(adapter_base(adapter))
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter)
-        copy = scratch / f"{adapter.name}-merged"
-        model.merge_and_unload().save_pretrained(copy)
-        AutoTokenizer.from_pretrained(adapter).save_pretrained(copy)
-        copies.append(copy)
-    return copies
 
 
 def server_memory(pid: int) -> dict:
@@ -186,35 +167,31 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     names = [adapter.name for adapter in args.adapter]
-    scratch = Path(tempfile.mkdtemp(prefix="l2s-bench-lora-merged-"))
-    try:
-        copies = merged_copies(args.adapter, scratch)
-        base = {"name": args.base.name, "path": str(args.base.resolve())}
-        traffic = [base["name"], *names]
-        report = {
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
-            "adapters": [str(a) for a in args.adapter],
-            "requests": args.requests,
-            "concurrency": args.concurrency,
-            "rounds": args.rounds,
-            "base_alone": measure_setup("base-alone", [base], [base["name"]], args, args.out),
-            "full_engines": measure_setup(
-                "full-engines",
-                [base, *({"name": n, "path": str(c)} for n, c in zip(names, copies))],
-                traffic,
-                args,
-                args.out,
-            ),
-            "one_engine_lora": measure_setup(
-                "one-engine-lora",
-                [base, *({"name": n, "path": str(a.resolve())} for n, a in zip(names, args.adapter))],
-                traffic,
-                args,
-                args.out,
-            ),
-        }
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    copies = [full_weights(adapter) for adapter in args.adapter]  # each adapter merged into a copy of its base
+    base = {"name": args.base.name, "path": str(args.base.resolve())}
+    traffic = [base["name"], *names]
+    report = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "adapters": [str(a) for a in args.adapter],
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "rounds": args.rounds,
+        "base_alone": measure_setup("base-alone", [base], [base["name"]], args, args.out),
+        "full_engines": measure_setup(
+            "full-engines",
+            [base, *({"name": n, "path": str(c)} for n, c in zip(names, copies))],
+            traffic,
+            args,
+            args.out,
+        ),
+        "one_engine_lora": measure_setup(
+            "one-engine-lora",
+            [base, *({"name": n, "path": str(a.resolve())} for n, a in zip(names, args.adapter))],
+            traffic,
+            args,
+            args.out,
+        ),
+    }
     one, full, lora = report["base_alone"], report["full_engines"], report["one_engine_lora"]
     report["ratios"] = {
         "lora_memory_vs_one_engine": round(lora["peak_pss_mib"] / one["peak_pss_mib"], 3),

@@ -69,3 +69,28 @@ def save_weights(model, directory: Path, recipe: LoraRecipe) -> dict:
     model.save_pretrained(str(directory))
     write_base_reference(directory, base_reference(recipe.model))
     return {"lora": settings, "base": base_reference(recipe.model)}
+
+
+def full_weights(model: str | Path) -> str:
+    """A model's full weights: the model itself, or for a LoRA adapter its base with the adapter merged in — written
+    once under `runs/merged-adapters/`, keyed on the adapter's files (for what needs whole models: mergekit, a
+    server without LoRA)."""
+    from l2s.adapters import ADAPTER_CONFIG, adapter_base, is_adapter
+    from l2s.cards import atomic_model_dir, is_model_dir
+    from l2s.home import run_dir_for
+    from l2s.models import resolve_model
+
+    if not is_adapter(model):
+        return str(model)
+    files = [Path(model) / ADAPTER_CONFIG, *sorted(Path(model).glob("*.safetensors"))]
+    target = run_dir_for("merged-adapters", model, [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+    if not is_model_dir(target):
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        base = AutoModelForCausalLM.from_pretrained(resolve_model(adapter_base(model)), dtype=torch.float32)
+        with atomic_model_dir(target) as temporary:
+            PeftModel.from_pretrained(base, model).merge_and_unload().save_pretrained(temporary)
+            AutoTokenizer.from_pretrained(model).save_pretrained(temporary)
+    return str(target)

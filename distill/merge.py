@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from distill.lora import full_weights
 from distill.recipe import Recipe
 from l2s.cards import atomic_model_dir, new_card, read_card, stable_hash, write_card
 
@@ -43,8 +44,9 @@ def shared_ancestor(long: str, short: str) -> str | None:
 
 
 def merge_configuration(recipe: MergeRecipe, weight: float) -> dict:
-    """The mergekit configuration (as a dict) for one weight of the long model."""
-    long, short = str(Path(recipe.long).resolve()), str(Path(recipe.short).resolve())
+    """The mergekit configuration (as a dict) for one weight of the long model. A LoRA adapter takes part as its
+    base with the adapter merged in."""
+    long, short = (str(Path(full_weights(model)).resolve()) for model in (recipe.long, recipe.short))
     base = recipe.base or shared_ancestor(recipe.long, recipe.short)
     config: dict = {"merge_method": recipe.method, "dtype": recipe.dtype}
     if recipe.method == "linear":

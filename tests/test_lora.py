@@ -1,6 +1,7 @@
-"""LoRA variants: `l2s distill shortest|dpo|rl --lora` write peft adapters of lab-long; `l2s eval` runs one on its
-base's engine; `l2s serve` hosts both on lab-long's one engine, each with its own behaviour, budgets and reasoning
-fields, also when they answer at once; an adapter whose base is not hosted is refused at startup."""
+"""LoRA variants: `l2s distill shortest|dpo|rl --lora` write peft adapters of lab-long; `distill merge` takes one;
+`l2s eval` runs one on its base's engine; `l2s serve` hosts all three on lab-long's one engine, each with its own
+behaviour, budgets and reasoning fields, also when they answer at once; an adapter whose base is not hosted is
+refused at startup."""
 
 from __future__ import annotations
 
@@ -64,6 +65,13 @@ def test_distill_writes_peft_adapters_and_eval_runs_them(lab_models, adapters):
     # RL's engine applied each iteration's adapter: its log-probabilities of what it sampled are the trainer's
     training = read_card(adapters / "lora-rl")["training"]
     assert training["selected_iteration"] == 2 and all(h["engine_logprob_gap"] < 1e-3 for h in training["history"])
+    merged = _l2s(  # every method composes: an adapter takes part in a merge as its base with the adapter merged in
+        adapters,
+        *["distill", "merge", "--long", str(lab_models / "lab-long"), "--short", str(adapters / "lora-shortest")],
+        *["--out", str(adapters / "merged")],
+    )
+    assert merged.returncode == 0, (merged.stdout + merged.stderr)[-3000:]
+    assert read_card(adapters / "merged")["parents"] == ["lab-long", "lora-shortest"]
     out = adapters / "eval"
     command = ["eval", "--offline", "--task", "lab", "--budgets", "none", "--num-problems", "40", "--out", str(out)]
     command += ["--model", str(lab_models / "lab-long"), "--model", str(adapters / "lora-shortest")]
