@@ -234,9 +234,6 @@ class ServerConfig(Strict):
             )
         return host.name
 
-    def adapters_of(self, host: str) -> list[VariantConfig]:
-        return [variant for variant in self.variants if variant.base == host]
-
     def variant(self, name: str) -> VariantConfig | None:
         return next((variant for variant in self.variants if variant.name == name), None)
 
