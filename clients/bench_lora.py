@@ -38,16 +38,16 @@ from l2s.local_server import start_server, stop_server, wait_healthy
 
 def server_memory(pid: int) -> dict:
     """PSS and RSS of a process and all its descendants, in MiB."""
-    pss = rss = 0
+    pss = rss = engines = 0
     root = psutil.Process(pid)
     for process in [root, *root.children(recursive=True)]:
-        try:
+        try:  # (a process may end between the listing and the reading)
             info = process.memory_full_info()
+            engines += "EngineCore" in " ".join(process.cmdline())
         except psutil.Error:
             continue
         pss += info.pss
         rss += info.rss
-    engines = sum("EngineCore" in " ".join(p.cmdline()) for p in root.children(recursive=True))
     return {"pss_mib": round(pss / 2**20), "rss_mib": round(rss / 2**20), "engines": engines}
 
 

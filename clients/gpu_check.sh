@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU path end to end, every command once, in a few minutes: offline eval on vLLM (CUDA), shortest (TRL in
-# bf16), one RL iteration (trainer and engine sharing the GPU), `l2s serve` answering the openai client.
+# bf16, full weights and as a LoRA adapter), one RL iteration (trainer and engine sharing the GPU), `l2s serve`
+# answering the openai client for the RL variant and for the adapter on the base's engine (vLLM's CUDA LoRA
+# kernels).
 #
 #   MODEL=deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B TASK=hf:openai/gsm8k:main clients/gpu_check.sh OUT_DIR
 #
@@ -28,6 +30,9 @@ grep -A3 "^| model" "$OUT/eval/report.md" | head -4 >> "$OUT/summary.txt" || tru
 timed shortest "$L2S" distill shortest --model "$MODEL" --task "$TASK" --num-problems "$N" --k 4 \
   --max-tokens "$MAX_TOKENS" --max-steps 4 --batch-size 4 --gradient-checkpointing "${extra[@]}" \
   --engine-gpu-memory-utilization 0.5 --out "$OUT/shortest"
+timed shortest-lora "$L2S" distill shortest --model "$MODEL" --task "$TASK" --num-problems "$N" --k 4 \
+  --max-tokens "$MAX_TOKENS" --max-steps 4 --batch-size 4 --lora "${extra[@]}" \
+  --engine-gpu-memory-utilization 0.5 --out "$OUT/shortest-lora"
 timed rl "$L2S" distill rl --model "$MODEL" --task "$TASK" --iterations 1 --problems-per-iteration 8 --k 4 \
   --max-tokens "$MAX_TOKENS" --validation-problems 16 --micro-batch-size 4 --gradient-checkpointing \
   --learning-rate 1e-6 "${extra[@]}" --out "$OUT/rl"
@@ -35,7 +40,10 @@ tail -1 runs/rl/rl-*/metrics.jsonl >> "$OUT/summary.txt" || true
 mkdir -p "$OUT/serve-models" && ln -sfn "$(realpath "$OUT/rl")" "$OUT/serve-models/rl"
 cat > "$OUT/server.yaml" <<YAML
 defaults:
-  engine: {dtype: auto, max_model_len: $((MAX_TOKENS + 512)), gpu_memory_utilization: 0.5}
+  engine: {dtype: auto, max_model_len: $((MAX_TOKENS + 512)), gpu_memory_utilization: 0.4}
+variants:
+  - {name: base, path: $MODEL, engine: {dtype: auto, max_model_len: $((MAX_TOKENS + 512)), gpu_memory_utilization: 0.4}}
+  - {name: shortest-lora, path: $(realpath "$OUT/shortest-lora")}
 YAML
 timed serve "$PY" -c "
 from pathlib import Path
@@ -45,9 +53,10 @@ process, url = start_server('$OUT/serve-models', '--config', '$OUT/server.yaml',
 try:
     wait_healthy(url, process, timeout=900)
     client = OpenAI(base_url=url + '/v1', api_key='unused')
-    reply = client.chat.completions.create(model='rl', messages=[{'role': 'user', 'content': 'What is 12+34?'}],
-                                           max_tokens=256, extra_body={'thinking_token_budget': 64})
-    print(reply.usage)
+    for model in ('rl', 'base', 'shortest-lora'):
+        reply = client.chat.completions.create(model=model, messages=[{'role': 'user', 'content': 'What is 12+34?'}],
+                                               max_tokens=256, extra_body={'thinking_token_budget': 64})
+        print(model, reply.usage)
 finally:
     stop_server(process)
 "

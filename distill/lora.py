@@ -52,8 +52,11 @@ def peft_config(recipe: LoraRecipe):
 
 
 def base_reference(model: str) -> str:
-    """How an adapter names its base: a hub id as given, a directory by its absolute path."""
-    return model if looks_like_hub_id(model) and not Path(model).exists() else str(Path(model).resolve())
+    """How an adapter names the model it was trained on: a hub id as given, a directory by its absolute path (a
+    LoRA variant trained from: the merged copy it started from)."""
+    if looks_like_hub_id(model) and not Path(model).exists():
+        return model
+    return str(Path(full_weights(model)).resolve())
 
 
 def save_weights(model, directory: Path, recipe: LoraRecipe) -> dict:
@@ -73,17 +76,17 @@ def save_weights(model, directory: Path, recipe: LoraRecipe) -> dict:
 
 def full_weights(model: str | Path) -> str:
     """A model's full weights: the model itself, or for a LoRA adapter its base with the adapter merged in — written
-    once under `runs/merged-adapters/`, keyed on the adapter's files (for what needs whole models: mergekit, a
-    server without LoRA)."""
+    once under `runs/merged-adapters/`, keyed on the adapter's and its base's files (for what needs whole models:
+    mergekit, training from a LoRA variant, a server without LoRA)."""
     from l2s.adapters import ADAPTER_CONFIG, adapter_base, is_adapter
     from l2s.cards import atomic_model_dir, is_model_dir
     from l2s.home import run_dir_for
-    from l2s.models import resolve_model
+    from l2s.models import resolve_model, weights_version
 
     if not is_adapter(model):
         return str(model)
-    files = [Path(model) / ADAPTER_CONFIG, *sorted(Path(model).glob("*.safetensors"))]
-    target = run_dir_for("merged-adapters", model, [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+    config = (Path(model) / ADAPTER_CONFIG).read_text()
+    target = run_dir_for("merged-adapters", model, config, weights_version(model))  # (the base's weights included)
     if not is_model_dir(target):
         import torch
         from peft import PeftModel

@@ -65,10 +65,12 @@ class TaskRecipe(Recipe):
 
     @property
     def model_path(self) -> Path:
-        """The model's local directory (`model` may be a hub id, read through the Hugging Face cache)."""
+        """The model's local directory (`model` may be a hub id, read through the Hugging Face cache); for a LoRA
+        adapter, its base with the adapter merged in (training starts from a whole model)."""
+        from distill.lora import full_weights
         from l2s.models import resolve_model
 
-        return resolve_model(self.model)
+        return Path(full_weights(resolve_model(self.model)))
 
     @property
     def prompt(self) -> PromptPolicy:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from l2s.cards import stable_hash
 from l2s.generation import EngineSettings
 from l2s.jsonl import CorruptFile, read_log
+from l2s.models import weights_version
 from l2s.reasoning import split_text
 from l2s.tasks import PromptPolicy, TaskProblem
 
@@ -62,11 +62,7 @@ def model_name(model: str) -> str:
 def model_version(model: str) -> str | None:
     """Which weights a model directory holds now (its weight files' names, sizes and times): samples of an
     older model under the same name are never reused. None for a served model (API mode cannot tell)."""
-    path = Path(model)
-    if not path.is_dir():
-        return None
-    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
-    return stable_hash([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+    return weights_version(model) if Path(model).is_dir() else None
 
 
 def sample_key(record: dict) -> tuple:

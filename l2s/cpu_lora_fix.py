@@ -13,6 +13,7 @@ an adapter the ops run unchanged.
 from __future__ import annotations
 
 import functools
+import os
 
 
 def _shrink_skipping_base_tokens(shrink):
@@ -34,15 +35,33 @@ def _expand_skipping_base_tokens(expand):
         base = indices < 0
         if not base.any():
             return expand(inputs, lora_weights, output, indices, *args, **kwargs)
-        rows = base if output.shape[0] == base.shape[0] else None
-        kept = output[rows].clone() if rows is not None else None
+        if output.shape[0] != base.shape[0]:  # (no call in vLLM 0.32 has this shape: refuse to guess)
+            raise RuntimeError(f"l2s cpu_lora_fix: {output.shape[0]} output rows for {base.shape[0]} token indices")
+        kept = output[base].clone()
         expand(inputs, lora_weights, output, indices.clamp(min=0), *args, **kwargs)
-        if rows is not None:
-            output[rows] = kept
+        output[base] = kept
         return output
 
     wrapper._l2s_fixed = True
     return wrapper
+
+
+PLUGIN = "l2s_cpu_lora_fix"  # its name in pyproject.toml's `vllm.general_plugins`
+
+
+def check_cpu_lora_fix() -> None:
+    """Refuse to serve LoRA on the CPU without the fix: vLLM loads it only if the package was installed with its
+    entry point (`pip install -e .`) and `VLLM_PLUGINS`, when set, names it."""
+    from importlib.metadata import entry_points
+
+    if PLUGIN not in {entry.name for entry in entry_points(group="vllm.general_plugins")}:
+        raise ValueError(
+            f"LoRA on the CPU needs the {PLUGIN} vLLM plugin, which is not installed: run `pip install -e .` "
+            "(or `make setup`) again"
+        )
+    allowed = os.environ.get("VLLM_PLUGINS")
+    if allowed is not None and PLUGIN not in allowed.split(","):
+        raise ValueError(f"LoRA on the CPU needs the {PLUGIN} vLLM plugin: add it to VLLM_PLUGINS ({allowed!r})")
 
 
 def register() -> None:

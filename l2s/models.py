@@ -53,6 +53,20 @@ def resolve_model(spec: str | Path) -> Path:
         ) from None
 
 
+def weights_version(model_dir: str | Path) -> str:
+    """Which weights a model directory holds now: its weight files' names, sizes and times (and for a LoRA adapter
+    its base's too), so that what was computed from an older model under the same name is never reused."""
+    from l2s.adapters import adapter_base, is_adapter
+    from l2s.cards import stable_hash
+
+    path = Path(model_dir)
+    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+    identity: list = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    if is_adapter(path):
+        identity.append(("base", weights_version(resolve_model(adapter_base(path)))))
+    return stable_hash(identity)
+
+
 def model_label(spec: str | Path) -> str:
     """The short name of a model in cards and results: a directory's name, a hub id's last part."""
     return Path(str(spec)).name

@@ -6,17 +6,19 @@ Variants come from two places: every finished model in `--models-dir` (each gets
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from l2s.adapters import adapter_base, is_adapter
+from l2s.adapters import VLLM_RANKS, adapter_base, is_adapter
 from l2s.cards import find_models, read_card
 from l2s.jsonl import CorruptFile, read_yaml
 from l2s.models import ModelNotFound, resolve_model
 from l2s.registry import check_variant_name, registered_variants
 
+logger = logging.getLogger("l2s.server")
 EFFORTS = ("none", "low", "medium", "high")
 ADAPTER_INHERITS = {"engine", "reasoning", "max_waiting"}  # a LoRA adapter's: its base variant's (the engine's)
 
@@ -59,13 +61,20 @@ class EngineConfig(Strict):
         None, ge=1, description="LoRA adapters in one batch (vLLM's max_loras; default: every adapter hosted on it)"
     )
     max_lora_rank: int | None = Field(
-        None, ge=1, description="the largest adapter rank it takes (default: its adapters' largest, rounded up)"
+        None, description="the largest adapter rank it takes (default: its adapters' largest, rounded up)"
     )
     cpu_threads_bind: str | None = Field(
         None,
         description="CPU only: VLLM_CPU_OMP_THREADS_BIND for this engine ('auto', 'nobind', '0', '0-3'); "
         "default: engines take the machine's cores in turn, one each",
     )
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _a_rank_vllm_takes(cls, rank: int | None) -> int | None:
+        if rank is not None and rank not in VLLM_RANKS:
+            raise ValueError(f"max_lora_rank must be one of {VLLM_RANKS} (vLLM's)")
+        return rank
 
 
 class EffortBudgets(Strict):
@@ -106,7 +115,7 @@ class VariantConfig(Strict):
     base: str | None = Field(
         None,
         description="for a LoRA adapter: the hosted variant whose engine serves it (default: the one at the path "
-        "its adapter_config.json names, else the one named like that path's last part)",
+        "or hub id its adapter_config.json names, else the one named like its last part)",
     )
     engine: EngineConfig = EngineConfig()
     reasoning: ReasoningConfig = ReasoningConfig()
@@ -177,9 +186,10 @@ class ServerConfig(Strict):
                     if is_adapter(model_path):  # served on its base's engine, with the base's format
                         variant = {k: v for k, v in variant.items() if k not in ADAPTER_INHERITS}
                     config.variants.append(VariantConfig.model_validate(variant))
+            config._check_variants(asked_for=named)
             if "auto" not in raw:
                 config.auto = auto_policy_from_cards(config.variants)
-            config._check()
+            config._check_auto()
         except ValidationError as error:
             raise CorruptFile(f"{where}: not a valid server config:\n{error}") from None
         except CorruptFile:
@@ -188,7 +198,10 @@ class ServerConfig(Strict):
             raise CorruptFile(f"{where}: {error}") from None
         return config
 
-    def _check(self) -> None:
+    def _check_variants(self, asked_for: set[str]) -> None:
+        """Names unique, paths resolved, each LoRA adapter on a hosted base. An adapter found in the models dir or
+        the registry (not in `asked_for`, the config's own list) whose base is not hosted is left out, with a
+        warning: one stray adapter does not keep the rest from being served."""
         names = [variant.name for variant in self.variants]
         if len(names) != len(set(names)):
             raise ValueError(f"variant names repeat: {names}")
@@ -197,11 +210,22 @@ class ServerConfig(Strict):
                 variant.path = resolve_model(variant.path)
             except ModelNotFound as error:
                 raise ValueError(f"variant {variant.name}: {error}") from None
-        for variant in self.variants:
-            if is_adapter(variant.path):
+        for variant in list(self.variants):
+            if not is_adapter(variant.path):
+                continue
+            try:
                 variant.base = self._adapter_host(variant)
-            elif variant.base is not None:
+            except ValueError as error:
+                if variant.name in asked_for:
+                    raise
+                logger.warning("not serving %s: %s", variant.name, error)
+                self.variants.remove(variant)
+        for variant in self.variants:
+            if variant.base is not None and not is_adapter(variant.path):
                 raise ValueError(f"variant {variant.name}: `base` is for LoRA adapters, and {variant.path} is a model")
+
+    def _check_auto(self) -> None:
+        names = [variant.name for variant in self.variants]
         for target in [rule.variant for rule in self.auto.rules] + [self.auto.default]:
             if target is not None and target not in names:
                 raise ValueError(f"auto policy names {target!r}, which is not a hosted variant ({names})")
@@ -224,9 +248,14 @@ class ServerConfig(Strict):
                 )
             return host.name
         base = adapter_base(adapter.path)
-        same_path = [v for v in full if Path(base).exists() and v.path.resolve() == Path(base).resolve()]
-        same_name = [v for v in full if v.name == Path(base).name]
-        host = (same_path or same_name or [None])[0]
+        try:  # a directory, or a hub id through the Hugging Face cache (where the hosted copy was resolved)
+            base_path = resolve_model(base).resolve()
+        except ModelNotFound:
+            base_path = None  # moved or not downloaded: only the name can match
+        if base_path is not None:
+            host = next((v for v in full if v.path.resolve() == base_path), None)
+        else:
+            host = next((v for v in full if v.name == Path(base).name), None)
         if host is None:
             raise ValueError(
                 f"variant {adapter.name} is a LoRA adapter of {base}, which no hosted variant serves: host that "

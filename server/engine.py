@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from l2s.adapters import adapter_rank, lora_request, vllm_max_rank
+from l2s.cpu_lora_fix import check_cpu_lora_fix
 from l2s.formats import PLAIN, ReasoningFormat, detect_format
 from l2s.generation import cpu_scheduling, engine_dtype, model_max_length, on_gpu, reasoning_config
 from l2s.reasoning import PlainStream, ReasoningMarkers, ReasoningStream
@@ -208,6 +209,8 @@ class VariantEngine:
         """vLLM's adapter slots, when LoRA variants are served on this engine."""
         if not self.adapters:
             return {}
+        if not on_gpu():
+            check_cpu_lora_fix()
         settings = self.variant.engine
         rank = settings.max_lora_rank or vllm_max_rank([adapter_rank(a.variant.path) for a in self.adapters])
         return {"enable_lora": True, "max_loras": settings.max_loras or len(self.adapters), "max_lora_rank": rank}
@@ -379,7 +382,11 @@ class AdapterEngine(VariantEngine):
         self._base = base
         base.adapters.append(self)
         self.lora = lora_request(variant.name, variant.path, int_id=len(base.adapters))  # ids unique per engine
+        self._tokenizer_thread.shutdown(wait=False)
         self._tokenizer_thread = base._tokenizer_thread  # one thread per tokenizer: the base's is shared
+        # loaded into the engine at startup; after a restart of the base's engine vLLM loads it again at its
+        # first request (the files are checked once, at startup)
+        self.loaded = False
 
     @property
     def host(self) -> VariantEngine:
@@ -392,8 +399,12 @@ class AdapterEngine(VariantEngine):
     max_model_len = property(lambda self: self._base.max_model_len, lambda self, value: None)
 
     @property
+    def ready(self) -> bool:
+        return self.loaded and self._base.ready
+
+    @property
     def status(self) -> str:
-        return self._base.status
+        return self._base.status if self.loaded or self._base.status != "ready" else "loading"
 
     async def start(self) -> None:
         """Load the adapter into the base's engine (started before), so that an adapter that does not fit the
@@ -403,6 +414,7 @@ class AdapterEngine(VariantEngine):
             await self.engine.add_lora(self.lora)
         except Exception as error:
             raise ValueError(f"variant {self.name}: the adapter does not load on {self._base.name}: {error}") from None
+        self.loaded = True
 
     def shutdown(self) -> None:
         pass  # (the base stops the engine)

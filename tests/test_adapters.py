@@ -45,3 +45,18 @@ def test_cpu_lora_ops_leave_base_model_tokens_alone():
     out = torch.zeros(3, 6)
     lora_ops.bgmv_expand_slice(shrunk, b, out, indices, 2, 4, add_inputs=True)
     assert out.tolist() == [[0] * 6, [0, 0] + [8] * 4, [0, 0] + [16] * 4]
+
+
+def test_lora_serving_settings_are_checked(monkeypatch):
+    from pydantic import ValidationError
+
+    from l2s.cpu_lora_fix import check_cpu_lora_fix
+    from server.config import EngineConfig
+
+    assert EngineConfig(max_lora_rank=32).max_lora_rank == 32
+    with pytest.raises(ValidationError, match="max_lora_rank must be one of"):
+        EngineConfig(max_lora_rank=24)
+    check_cpu_lora_fix()  # installed (pyproject's entry point)
+    monkeypatch.setenv("VLLM_PLUGINS", "some_other_plugin")
+    with pytest.raises(ValueError, match="add it to VLLM_PLUGINS"):
+        check_cpu_lora_fix()

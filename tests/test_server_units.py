@@ -90,13 +90,13 @@ def test_auto_by_calibration(tmp_path):
 
 def test_config_validation(tmp_path):
     with pytest.raises(ValueError, match="auto policy"):
-        ServerConfig(variants=[_variant(tmp_path, "long")], auto=AutoPolicy(default="nope"))._check()
+        ServerConfig(variants=[_variant(tmp_path, "long")], auto=AutoPolicy(default="nope"))._check_auto()
     with pytest.raises(ValidationError):
         VariantConfig(name="auto", path=tmp_path)
     with pytest.raises(ValidationError):
         ServerConfig.model_validate({"variants": [], "unknown_key": 1})
     with pytest.raises(ValueError, match="variant x: model .*missing: no such directory"):
-        ServerConfig(variants=[VariantConfig(name="x", path=tmp_path / "missing")])._check()
+        ServerConfig(variants=[VariantConfig(name="x", path=tmp_path / "missing")])._check_variants({"x"})
 
 
 def _request(**kwargs):
@@ -202,3 +202,20 @@ def test_an_adapter_without_its_base_is_refused(tmp_path):
         )
     with pytest.raises(CorruptFile, match="`base` is for LoRA adapters"):
         _load(tmp_path, [{"name": "long", "path": str(long.path), "base": "long"}])
+    other = _variant(tmp_path, "other")
+    _adapter(tmp_path / "other", "long", other.path)  # named like `long`, but its base is there: not matched by name
+    with pytest.raises(CorruptFile, match="adapter of .*other, which no hosted variant serves"):
+        _load(tmp_path, [{"name": "long", "path": str(long.path)}, {"name": "a", "path": str(tmp_path / "other/long")}])
+
+
+def test_a_stray_adapter_in_the_models_dir_is_left_out(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    long = _variant(models, "long")
+    (long.path / "model.safetensors").write_bytes(b"")
+    _adapter(models, "of-long", long.path)
+    _adapter(models, "of-elsewhere", "/models/not-here")
+    for adapter in ("of-long", "of-elsewhere"):
+        (models / adapter / "adapter_model.safetensors").write_bytes(b"")
+    config = ServerConfig.load(None, models)
+    assert {v.name: v.base for v in config.variants} == {"long": None, "of-long": "long"}
