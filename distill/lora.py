@@ -61,7 +61,7 @@ def base_reference(model: str) -> str:
 
 def save_weights(model, directory: Path, recipe: LoraRecipe) -> dict:
     """Write the trained weights into `directory`: the adapter (pointing at its base), or with `merge_adapter`
-    the merged model, or the full model. Returns the card's `adapter` entry (None without LoRA)."""
+    the merged model, or the full model. Returns the card's LoRA fields (none without LoRA)."""
     if not recipe.lora:
         model.save_pretrained(str(directory))
         return {}
@@ -70,8 +70,9 @@ def save_weights(model, directory: Path, recipe: LoraRecipe) -> dict:
         model.merge_and_unload().save_pretrained(str(directory))
         return {"lora": {**settings, "merged": True}}
     model.save_pretrained(str(directory))
-    write_base_reference(directory, base_reference(recipe.model))
-    return {"lora": settings, "base": base_reference(recipe.model)}
+    base = base_reference(recipe.model)
+    write_base_reference(directory, base)
+    return {"lora": settings, "base": base}
 
 
 def full_weights(model: str | Path) -> str:
