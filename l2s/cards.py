@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from l2s.adapters import is_adapter
 from l2s.atomic import left_by_dead_process, publish_dir, write_text_atomic
 from l2s.jsonl import read_json
 
@@ -91,7 +92,7 @@ def is_model_dir(path: Path) -> bool:
     Hugging Face directory from elsewhere (a downloaded checkpoint, a peft adapter) whose weights are all there."""
     if not path.is_dir() or path.name.startswith("."):
         return False
-    if (path / "adapter_config.json").is_file():  # a LoRA adapter (l2s/adapters.py)
+    if is_adapter(path):
         return (path / CARD_FILE).is_file() or (path / "adapter_model.safetensors").is_file()
     if not (path / "config.json").is_file():
         return False

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from l2s.adapters import is_adapter
+
 # what a model needs to run and train here (not the .bin duplicates, `original/` checkpoints or GGUF files
 # that some repositories ship beside the safetensors)
 MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py"]
@@ -29,7 +31,7 @@ def resolve_model(spec: str | Path) -> Path:
     """The local directory holding model `spec` (a directory, or a hub id through the Hugging Face cache)."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        if not (path / "config.json").is_file() and not is_adapter(path):
             raise ModelNotFound(
                 f"model {spec}: the directory has no config.json (not a Hugging Face model directory) and no "
                 "adapter_config.json (not a LoRA adapter)"
@@ -56,7 +58,7 @@ def resolve_model(spec: str | Path) -> Path:
 def weights_version(model_dir: str | Path) -> str:
     """Which weights a model directory holds now: its weight files' names, sizes and times (and for a LoRA adapter
     its base's too), so that what was computed from an older model under the same name is never reused."""
-    from l2s.adapters import adapter_base, is_adapter
+    from l2s.adapters import adapter_base
     from l2s.cards import stable_hash
 
     path = Path(model_dir)

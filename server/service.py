@@ -55,11 +55,10 @@ class ChatService:
         self.config = config
         self.calibration = calibration
         full = [variant for variant in config.variants if variant.base is None]
-        self.engines = {variant.name: VariantEngine(variant, position) for position, variant in enumerate(full)}
-        for variant in config.variants:  # LoRA adapters, on their base's engine
-            if variant.base is not None:
-                self.engines[variant.name] = AdapterEngine(variant, self.engines[variant.base])
-        self.engines = {variant.name: self.engines[variant.name] for variant in config.variants}  # config order
+        hosts = {variant.name: VariantEngine(variant, position) for position, variant in enumerate(full)}
+        self.engines = {  # in the config's order; LoRA adapters on their base's engine
+            v.name: hosts[v.name] if v.base is None else AdapterEngine(v, hosts[v.base]) for v in config.variants
+        }
         self.metrics = ServerMetrics()
         for name, engine in self.engines.items():  # read at scrape time, so they are never stale
             self.metrics.running.labels(name).set_function(lambda engine=engine: engine.running)
