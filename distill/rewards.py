@@ -28,9 +28,16 @@ def length_rewards(lengths: Sequence[int], correct: Sequence[bool]) -> list[floa
     return rewards
 
 
-def total_rewards(lengths: Sequence[int], correct: Sequence[bool], length_weight: float) -> list[float]:
-    """r_j + w · length_reward_j (w = 0 during the warm-up)."""
-    bonus = length_rewards(lengths, correct) if length_weight else [0.0] * len(lengths)
+def total_rewards(
+    lengths: Sequence[int], correct: Sequence[bool], length_weight: float, only_all_correct: bool = False
+) -> list[float]:
+    """r_j + w · length_reward_j (w = 0 during the warm-up).
+
+    With `only_all_correct`, a group gets the length reward only when all its k samples are correct: a problem
+    the policy still gets wrong sometimes is trained on correctness alone, so the re-checks that hard problems
+    need are not traded for length (easy problems, always right, are shortened as before)."""
+    gated = only_all_correct and not all(correct)
+    bonus = length_rewards(lengths, correct) if length_weight and not gated else [0.0] * len(lengths)
     return [float(c) + length_weight * b for c, b in zip(correct, bonus)]
 
 

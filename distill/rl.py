@@ -66,6 +66,11 @@ class RLRecipe(LoraRecipe, TaskRecipe):
     tau: float = Field(0.5, gt=0, description="KL regulariser τ")
     length_weight: float = Field(1.0, ge=0, description="w, the weight of the length reward")
     length_warmup_iterations: int = Field(2, ge=0, description="iterations without the length reward")
+    length_reward_groups: Literal["all", "all_correct"] = Field(
+        "all",
+        description="groups that get the length reward: every group (k1.5), or only those whose k samples are "
+        "all correct (problems still answered wrong sometimes train on correctness alone)",
+    )
     max_tokens: int = Field(512, ge=1, description="maximum rollout length (lower it for long2short)")
     baseline: Literal["mean", "logmeanexp"] = Field("mean", description="τ·log Z estimate: mean reward or exact")
     learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate")
@@ -265,7 +270,12 @@ def train_iteration(
     batch = []  # (prompt, completion, reward, baseline) per sample
     engine_logprobs = []  # the engine's log π_θi of each sample, in batch order
     for group in groups:
-        rewards = total_rewards([r["length"] for r in group], [r["correct"] for r in group], length_weight)
+        rewards = total_rewards(
+            [r["length"] for r in group],
+            [r["correct"] for r in group],
+            length_weight,
+            only_all_correct=recipe.length_reward_groups == "all_correct",
+        )
         group_baseline = baseline(rewards, recipe.tau, exact=recipe.baseline == "logmeanexp")
         for rollout, reward in zip(group, rewards):
             completion = rollout["completion"] + (eos if rollout["finished"] else [])

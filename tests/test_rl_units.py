@@ -21,6 +21,9 @@ def test_length_reward_groups():
 def test_total_rewards_and_warmup():
     assert total_rewards([10, 30], [True, False], 0.0) == [1.0, 0.0]
     assert total_rewards([10, 30], [True, False], 2.0) == [2.0, -1.0]
+    # gated: a group with a wrong sample trains on correctness alone; an all-correct group keeps its length reward
+    assert total_rewards([10, 30], [True, False], 2.0, only_all_correct=True) == [1.0, 0.0]
+    assert total_rewards([10, 30], [True, True], 2.0, only_all_correct=True) == [2.0, 0.0]
 
 
 def test_baselines():
