@@ -118,8 +118,11 @@ def _rl(args: argparse.Namespace) -> int:
 
 
 def register(model_dirs: list[Path]) -> None:
+    from l2s.distributed import is_main
     from l2s.registry import register_variant
 
+    if not is_main():  # under `accelerate launch`: once
+        return
     for model_dir in model_dirs:
         register_variant(model_dir.name, model_dir)
         print(f"registered {model_dir.name}: `l2s serve` hosts it next start")

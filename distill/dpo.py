@@ -26,6 +26,7 @@ from distill.training import (
     training_prompt,
     work_dir_for,
 )
+from l2s.distributed import is_main
 
 
 class DPORecipe(TrainedRecipe):
@@ -57,7 +58,8 @@ def run(recipe: DPORecipe, out: Path) -> Path:
             longest = max(longest, rejected.length, chosen.length)
     if not pairs:
         raise SystemExit("no preference pairs: no problem had a correct sample with a longer alternative")
-    print(f"{len(pairs)} pairs from {len(problems)} problems; longest response {longest} tokens")
+    if is_main():
+        print(f"{len(pairs)} pairs from {len(problems)} problems; longest response {longest} tokens")
     model = AutoModelForCausalLM.from_pretrained(model_path)
     # the reference is the long model; with LoRA, TRL uses the model with its adapter switched off
     reference = None if recipe.lora else AutoModelForCausalLM.from_pretrained(model_path)
@@ -82,5 +84,6 @@ def run(recipe: DPORecipe, out: Path) -> Path:
         pairs,
         data={"problems": len(problems), "pairs": len(pairs), **sampling_summary(groups)},
     )
-    print(f"wrote {out}")
+    if is_main():
+        print(f"wrote {out}")
     return out

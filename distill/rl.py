@@ -34,6 +34,7 @@ import math
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -47,6 +48,7 @@ from distill.rewards import baseline, total_rewards
 from distill.validation import Score, score_policy, select, validation_split
 from l2s.atomic import save_figure_atomic, write_text_atomic
 from l2s.cards import atomic_model_dir, new_card, write_card
+from l2s.distributed import all_gather, barrier, gather_shards, is_main, shard, sharded, world_size
 from l2s.formats import split_completion
 from l2s.home import exclusive, run_dir_for
 from l2s.jsonl import CorruptFile, read_json
@@ -212,15 +214,24 @@ def rollouts(
     state.pending = []
     step_cap = recipe.rollout_tokens if recipe.partial_rollouts else recipe.max_tokens
     caps = [min(step_cap, recipe.max_tokens - len(r["completion"])) for r in work]
-    outputs = generate_from_ids(
-        engine,
-        [r["prompt"] + r["completion"] for r in work],
-        temperature=recipe.temperature,
-        max_tokens=caps,
-        seed=[seed + index for index in range(len(work))],  # one each: the k prompts of a problem are the same
-        progress=False,
-        logprobs=True,
-    )
+    requests = [  # (prompt, cap, seed) each: one seed per response, as the k prompts of a problem are the same
+        (r["prompt"] + r["completion"], cap, seed + index) for index, (r, cap) in enumerate(zip(work, caps))
+    ]
+
+    def draw(share: list[tuple]) -> list:
+        return generate_from_ids(
+            engine,
+            [prompt for prompt, _, _ in share],
+            temperature=recipe.temperature,
+            max_tokens=[cap for _, cap, _ in share],
+            seed=[request_seed for _, _, request_seed in share],
+            progress=False,
+            logprobs=True,
+        )
+
+    # under `accelerate launch` each process's engine samples its share; every process gets them all (the length
+    # reward compares all k samples of a problem, and the run's state stays the same on every process)
+    outputs = sharded(draw, requests)
     for rollout, (sample,) in zip(work, outputs):
         rollout["completion"] = rollout["completion"] + sample.token_ids
         rollout["engine_logprob"] = rollout.get("engine_logprob", 0.0) + sample.logprob
@@ -254,6 +265,13 @@ def new_optimizer(model, recipe: RLRecipe) -> torch.optim.Optimizer:
     return torch.optim.AdamW(trainable, lr=recipe.learning_rate, weight_decay=0.0)
 
 
+def unwrapped(model):
+    """The policy itself: under `accelerate launch` the model trains wrapped in DDP."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
 def train_iteration(
     model,
     tokenizer,
@@ -281,41 +299,55 @@ def train_iteration(
             completion = rollout["completion"] + (eos if rollout["finished"] else [])
             batch.append((rollout["prompt"], completion, reward, group_baseline))
             engine_logprobs.append(rollout["engine_logprob"])
-    # log π_θi of every sample, before any update (θ = θi now)
+    # log π_θi of every sample, before any update (θ = θi now); each process computes its share
+    policy = unwrapped(model)
+    mine = shard(range(len(batch)))
     with torch.no_grad():
-        reference = torch.cat(
-            [
-                sequence_logprobs(model, [b[0] for b in chunk], [b[1] for b in chunk], pad)
-                for chunk in _chunks(batch, recipe.micro_batch_size or 64)
-            ]
-        )
+        shares = [
+            sequence_logprobs(policy, [batch[i][0] for i in chunk], [batch[i][1] for i in chunk], pad)
+            for chunk in _chunks(mine, recipe.micro_batch_size or 64)
+        ]
+    device = next(policy.parameters()).device
+    reference = torch.tensor(gather_shards(torch.cat(shares).tolist() if shares else [], len(batch)), device=device)
     per_step = recipe.minibatch_problems * recipe.k
     losses, log_ratios = [], []
     model.train()
     for _ in range(recipe.epochs_per_iteration):
         order = list(range(len(batch)))
-        rng.shuffle(order)
+        rng.shuffle(order)  # (the same order on every process: their random states are the same)
         for chunk in _chunks(order, per_step):
             optimizer.zero_grad(set_to_none=True)
             loss_value = 0.0
-            # the minibatch's mean loss, as a sum over micro-batches each weighted by its share
-            for micro in _chunks(chunk, recipe.micro_batch_size or len(chunk)):
-                items = [batch[i] for i in micro]
-                logprobs = sequence_logprobs(model, [b[0] for b in items], [b[1] for b in items], pad)
-                loss = opmd_loss(
-                    logprobs,
-                    reference[micro],
-                    torch.tensor([b[2] for b in items], device=reference.device),
-                    torch.tensor([b[3] for b in items], device=reference.device),
-                    recipe.tau,
-                )
-                if len(micro) != len(chunk):
-                    loss = loss * (len(micro) / len(chunk))
-                loss.backward()
+            # The minibatch's mean loss, as a sum over micro-batches each weighted by its share of the minibatch.
+            # Under `accelerate launch` each process takes every world_size-th sample of it; DDP averages the
+            # processes' gradients, so each share is weighted world_size times more. Gradients are reduced once,
+            # on each process's last micro-batch; a process with no sample in the minibatch still takes part in
+            # that reduction, with one sample weighted 0.
+            share = shard(chunk)
+            micros = list(_chunks(share, recipe.micro_batch_size or len(share))) or [[]]
+            for number, micro in enumerate(micros):
+                items = [batch[i] for i in micro or chunk[:1]]
+                last = number == len(micros) - 1
+                with nullcontext() if last or world_size() == 1 else model.no_sync():
+                    logprobs = sequence_logprobs(model, [b[0] for b in items], [b[1] for b in items], pad)
+                    loss = opmd_loss(
+                        logprobs,
+                        reference[micro or chunk[:1]],
+                        torch.tensor([b[2] for b in items], device=device),
+                        torch.tensor([b[3] for b in items], device=device),
+                        recipe.tau,
+                    )
+                    if len(micro) != len(chunk):
+                        loss = loss * (len(micro) / len(chunk))
+                    (loss * world_size() if world_size() > 1 else loss).backward()
                 loss_value += loss.item()
-                log_ratios.extend((logprobs.detach() - reference[micro]).tolist())
+                if micro:
+                    log_ratios.extend((logprobs.detach() - reference[micro]).tolist())
             optimizer.step()
             losses.append(loss_value)
+    if world_size() > 1:  # the whole minibatch's loss is the sum of the processes' shares
+        losses = [sum(step) for step in zip(*all_gather(losses))]
+        log_ratios = [x for share in all_gather(log_ratios) for x in share]
     model.eval()
     # Samples must come from π_θi for the surrogate to be on-policy: the engine's log-probabilities of what it
     # sampled against the trainer's, per sequence (float rounding only, when the engine holds θi exactly).
@@ -452,7 +484,8 @@ def _restore_rng(raw) -> random.Random:
 def run(recipe: RLRecipe, out: Path, resume: bool = False, stop_after: int | None = None) -> Path | None:
     run_dir = run_dir_for("rl", out)  # one per output (its absolute path); the recipe is checked on --resume
     run_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive(run_dir):  # a second run on the same output is refused while this one lives
+    # a second run on the same output is refused while this one lives (its main process holds the lock)
+    with exclusive(run_dir) if is_main() else nullcontext():
         return _run(recipe, out, run_dir, resume, stop_after)
 
 
@@ -462,6 +495,7 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
 
     from l2s.generation import close_engine, open_engine
 
+    accelerator = start_processes()  # under `accelerate launch`: DDP over the launched processes; else None
     recipe_path = run_dir / "recipe.json"
     if (
         resume
@@ -469,26 +503,31 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
         and not continues(RLRecipe.model_validate_json(recipe_path.read_text()), recipe)
     ):
         raise SystemExit(f"--resume: {run_dir} holds a run of another recipe; drop --resume to start afresh")
-    write_text_atomic(recipe_path, recipe.model_dump_json(indent=2))
+    barrier()  # every process has read the old recipe before the main one writes the new
+    if is_main():
+        write_text_atomic(recipe_path, recipe.model_dump_json(indent=2))
+        if not resume and any(run_dir.glob("iter-*")):
+            for old in run_dir.glob("iter-*"):
+                shutil.rmtree(old)
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            (run_dir / "validation.jsonl").unlink(missing_ok=True)
+    barrier()
+    # a checkpoint holds the whole run (weights, moments, state), so it resumes at any number of processes
     start_from = last_checkpoint(run_dir) if resume else None
-    if resume and start_from is None:
+    if resume and start_from is None and is_main():
         print("no complete checkpoint to resume from: starting fresh")
-    if not resume and any(run_dir.glob("iter-*")):
-        for old in run_dir.glob("iter-*"):
-            shutil.rmtree(old)
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        (run_dir / "validation.jsonl").unlink(missing_ok=True)
     torch.manual_seed(recipe.seed)
     tokenizer = AutoTokenizer.from_pretrained(start_from or recipe.model_path)
     model = load_policy(recipe, start_from).eval()
     if torch.cuda.is_available():
-        model = model.to("cuda")
+        model = model.to(accelerator.device if accelerator else "cuda")
     if recipe.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     if start_from:
         state, rng = read_state(start_from)
-        print(f"resuming after iteration {state.iteration} from {start_from}")
+        if is_main():
+            print(f"resuming after iteration {state.iteration} from {start_from}")
     else:
         rng, state = random.Random(recipe.seed), RunState()
     optimizer = new_optimizer(model, recipe)
@@ -500,6 +539,8 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
                 f"{start_from / OPTIMIZER_FILE}: does not load ({error}); delete {start_from} to resume from the "
                 "checkpoint before it"
             ) from None
+    if accelerator:
+        model, optimizer = accelerator.prepare(model, optimizer)
     try:
         pool, held_out = validation_split(recipe)
     except ValueError as error:
@@ -513,6 +554,8 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
             return
         score = score_policy(engine, held_out, state.iteration, recipe.max_tokens, recipe.prompt)
         state.validation.append(score.to_dict())
+        if not is_main():
+            return
         if state.iteration:
             write_state(checkpoint_dir(run_dir, state.iteration), state, rng)
         tqdm.write(
@@ -530,7 +573,14 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
             refresh_engine(engine, start_from, recipe, state.iteration)
     else:
         engine = open_engine(start_from or recipe.model_path, engine_settings)
-    progress = tqdm(total=recipe.iterations, initial=state.iteration, desc="rl", unit="iter", dynamic_ncols=True)
+    progress = tqdm(
+        total=recipe.iterations,
+        initial=state.iteration,
+        desc="rl",
+        unit="iter",
+        dynamic_ncols=True,
+        disable=not is_main(),
+    )
     try:
         validate_if_due()
         while state.iteration < recipe.iterations:
@@ -543,7 +593,9 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
             sampled = time.time()
             length_weight = recipe.length_weight if state.iteration >= recipe.length_warmup_iterations else 0.0
             if not recipe.keep_optimizer_state:  # each iteration a new mirror-descent step from scratch
-                optimizer = new_optimizer(model, recipe)
+                optimizer = new_optimizer(unwrapped(model), recipe)
+                if accelerator:
+                    optimizer = accelerator.prepare_optimizer(optimizer)
             trained = train_iteration(model, tokenizer, groups, recipe, length_weight, rng, optimizer) if groups else {}
             for group in groups:
                 record = state.success.setdefault(group[0]["problem_id"], [0.0, 0.0])
@@ -566,37 +618,69 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
             }
             state.history.append(metrics)
             state.iteration += 1
-            checkpoint = save_checkpoint(
-                run_dir,
-                model,
-                tokenizer,
-                state,
-                rng,
-                chosen_iteration(state, recipe),
-                optimizer if recipe.keep_optimizer_state else None,
-            )
+            checkpoint = checkpoint_dir(run_dir, state.iteration)
+            if is_main():  # (the processes' weights and moments are the same: DDP)
+                save_checkpoint(
+                    run_dir,
+                    unwrapped(model),
+                    tokenizer,
+                    state,
+                    rng,
+                    chosen_iteration(state, recipe),
+                    optimizer if recipe.keep_optimizer_state else None,
+                )
+            barrier()  # the checkpoint is complete before any engine loads it
             stopping = stop_after is not None and stop_after <= state.iteration < recipe.iterations
             if not stopping:
                 engine = refresh_engine(engine, checkpoint, recipe, state.iteration)
                 validate_if_due()
-            write_logs(run_dir, state, chosen_iteration(state, recipe))
+            if is_main():
+                write_logs(run_dir, state, chosen_iteration(state, recipe))
             progress.update(1)
             progress.set_postfix(acc=f"{metrics['accuracy']:.2f}", len=f"{metrics['mean_length']:.0f}")
             if stopping:
-                print(f"stopped after iteration {state.iteration} (--stop-after): resume with --resume")
+                if is_main():
+                    print(f"stopped after iteration {state.iteration} (--stop-after): resume with --resume")
                 return None
     finally:
         progress.close()
         close_engine(engine)
+    if not is_main():
+        return out
     chosen = chosen_iteration(state, recipe)
     plot_training_curve(state.history, state.validation, chosen, run_dir / "training_curve.png")
     return publish(recipe, out, run_dir, state, chosen)
 
 
+def start_processes():
+    """Under `accelerate launch` with more than one process: accelerate's `Accelerator`, which joins the processes
+    (gloo on the CPU, NCCL on GPUs) and wraps the policy in DDP. One process: None (nothing is wrapped). RL's
+    training loop is its own (micro-batches, weighted shares), so it runs on DDP; FSDP and DeepSpeed, which shard
+    the weights and own the optimiser step, are for shortest and dpo (TRL's trainers)."""
+    if world_size() == 1:
+        return None
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if accelerator.distributed_type not in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+        raise SystemExit(
+            f"distill rl runs on DDP (accelerate's multi-GPU or multi-CPU), not {accelerator.distributed_type.value}"
+        )
+    if is_main():
+        print(
+            f"rl on {world_size()} processes ({accelerator.distributed_type.value}): each samples and trains on its "
+            "share of every iteration's problems"
+        )
+    return accelerator
+
+
 def continues(saved: RLRecipe, recipe: RLRecipe) -> bool:
     """Whether `recipe` may resume a run of `saved`: the same recipe, or the same with more iterations where the
     iteration count shapes nothing else (without the curriculum, whose schedule spans the run), so that a run
-    extended from 12 to 16 iterations is exactly a 16-iteration run."""
+    extended from 12 to 16 iterations is exactly a 16-iteration run. `merge_adapter` only shapes the output."""
+    saved = saved.model_copy(update={"merge_adapter": recipe.merge_adapter})
     if saved == recipe:
         return True
     extended = saved.model_copy(update={"iterations": recipe.iterations})

@@ -25,6 +25,7 @@ from distill.training import (
     training_prompt,
     work_dir_for,
 )
+from l2s.distributed import is_main
 
 
 class ShortestRecipe(TrainedRecipe):
@@ -55,10 +56,11 @@ def run(recipe: ShortestRecipe, out: Path) -> Path:
             lengths.append(chosen.length)
     if not examples:
         raise SystemExit("no problem had a correct sample: nothing to learn from")
-    print(
-        f"shortest correct: {len(examples)} of {len(problems)} problems, mean length "
-        f"{sum(lengths) / len(lengths):.1f} tokens"
-    )
+    if is_main():
+        print(
+            f"shortest correct: {len(examples)} of {len(problems)} problems, mean length "
+            f"{sum(lengths) / len(lengths):.1f} tokens"
+        )
     model = AutoModelForCausalLM.from_pretrained(model_path)
     work_dir = work_dir_for(out, recipe, examples)
     # the longest prompt and example plus the template's closing tokens, so nothing is cut (never TRL's default)
@@ -86,5 +88,6 @@ def run(recipe: ShortestRecipe, out: Path) -> Path:
             **sampling_summary(groups),
         },
     )
-    print(f"wrote {out}")
+    if is_main():
+        print(f"wrote {out}")
     return out

@@ -1,11 +1,18 @@
 """What the TRL-trained methods (shortest, dpo) share: the problems to sample on, checkpointed training that
-resumes after an interruption, and writing the finished model atomically with its card."""
+resumes after an interruption, and writing the finished model atomically with its card.
+
+Under `accelerate launch` (any config: DDP, FSDP, DeepSpeed) every process runs this same code: the samples are
+drawn once (the first process to take the sample cache's lock draws them on the vLLM engine, the others then
+read them from the cache), TRL's trainer spreads the training over the processes, and only the main process
+writes the work directory's lock and log, the model directory and its card. `batch_size` is per process.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+from contextlib import nullcontext
 from pathlib import Path
 
 from pydantic import Field
@@ -14,6 +21,7 @@ from distill.lora import LoraRecipe, save_weights
 from distill.recipe import TaskRecipe
 from l2s.atomic import write_text_atomic
 from l2s.cards import atomic_model_dir, new_card, stable_hash, write_card
+from l2s.distributed import is_main, world_size
 from l2s.home import exclusive, run_dir_for
 from l2s.tasks import TaskProblem, load_task
 
@@ -56,8 +64,10 @@ def sample_training_problems(recipe) -> tuple[list[TaskProblem], dict]:
     settings = SampleSettings(
         k=recipe.k, temperature=recipe.temperature, max_tokens=recipe.max_tokens, seed=recipe.seed
     )
+    # every process asks; the cache's lock lets one draw and the rest read what it drew
     groups = draw_samples(recipe.model_path, problems, settings, prompt=recipe.prompt, engine_settings=recipe.engine)
-    print("samples:", sampling_summary(groups))
+    if is_main():
+        print("samples:", sampling_summary(groups))
     return problems, groups
 
 
@@ -139,13 +149,18 @@ def work_dir_for(out: Path, recipe, data: list) -> Path:
 
 def train_resumably(trainer, work_dir: Path) -> None:
     """Train, resuming from the last complete checkpoint in `work_dir` if an earlier run was interrupted (one run
-    at a time: a second on the same work directory is refused)."""
+    at a time: a second on the same work directory is refused — the main process holds the lock for them all)."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive(work_dir):
+    with exclusive(work_dir) if is_main() else nullcontext():
         last = last_complete_checkpoint(work_dir / "checkpoints")
-        if last:
+        if last and is_main():
             print(f"resuming from {last}")
+        if world_size() > 1 and is_main():
+            batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+            print(f"training on {world_size()} processes: {batch * world_size()} examples per optimiser step")
         trainer.train(resume_from_checkpoint=str(last) if last else None)
+    if not is_main():
+        return
     write_text_atomic(
         work_dir / "loss.json",
         json.dumps([{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]),
@@ -170,7 +185,10 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
 
 
 def save_model(trainer, tokenizer, out_dir: Path, method: str, recipe: TrainedRecipe, examples: list, **extra) -> None:
-    """The trained model (or LoRA adapter), its tokenizer and its card, published atomically as `out_dir`."""
+    """The trained model (or LoRA adapter), its tokenizer and its card, published atomically as `out_dir` (by the
+    main process alone)."""
+    if not is_main():
+        return
     with atomic_model_dir(out_dir) as temporary:
         lora = save_weights(trainer.model, temporary, recipe)
         tokenizer.save_pretrained(str(temporary))
@@ -184,7 +202,11 @@ def save_model(trainer, tokenizer, out_dir: Path, method: str, recipe: TrainedRe
                 recipe=recipe.model_dump(),
                 role="short",
                 data_hash=stable_hash(examples),
-                training={"steps": trainer.state.global_step, "final_loss": losses[-1] if losses else None},
+                training={
+                    "steps": trainer.state.global_step,
+                    "final_loss": losses[-1] if losses else None,
+                    "processes": world_size(),
+                },
                 **lora,
                 **extra,
             ),

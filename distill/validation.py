@@ -61,11 +61,15 @@ def validation_split(recipe) -> tuple[list[TaskProblem], list[TaskProblem]]:
 def score_policy(
     engine, problems: list[TaskProblem], iteration: int, max_tokens: int, prompt: PromptPolicy = PromptPolicy()
 ) -> Score:
-    """Greedy accuracy and mean reasoning tokens of the engine's current weights on `problems`."""
+    """Greedy accuracy and mean reasoning tokens of the engine's current weights on `problems` (under `accelerate
+    launch`, each process's engine answers its share, and every process gets the whole score)."""
+    from l2s.distributed import sharded
     from l2s.generation import generate
 
-    outputs = generate(engine, [prompt.messages(p.question) for p in problems], max_tokens=max_tokens, progress=False)
-    samples = [group[0] for group in outputs]
+    def answer(share: list[TaskProblem]) -> list:
+        return generate(engine, [prompt.messages(p.question) for p in share], max_tokens=max_tokens, progress=False)
+
+    samples = [group[0] for group in sharded(answer, problems)]
     correct = [
         sample.finish_reason == "stop" and problem.is_correct(sample.answer_text)
         for sample, problem in zip(samples, problems)

@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from l2s.adapters import adapter_base, adapter_rank, is_adapter, lora_request, vllm_max_rank
+from l2s.distributed import one_process_engine
 from l2s.formats import ReasoningFormat, detect_format, split_completion
 from l2s.inplace_reload import WORKER_EXTENSION
 
@@ -101,18 +102,19 @@ def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings
         hardware["tensor_parallel_size"] = settings.tensor_parallel_size
     else:
         hardware = cpu_scheduling(max_model_len or 8192)
-    engine = LLM(
-        model=str(model_dir),
-        dtype=engine_dtype(settings.dtype),
-        max_model_len=max_model_len,
-        max_num_seqs=settings.max_num_seqs,
-        seed=settings.seed,
-        reasoning_config=reasoning_config(fmt),
-        enable_prefix_caching=True,
-        worker_extension_cls=WORKER_EXTENSION,  # lets RL load each new policy in place (l2s/inplace_reload.py)
-        **({"enable_lora": True, "max_lora_rank": vllm_max_rank([max_lora_rank])} if max_lora_rank else {}),
-        **hardware,
-    )
+    with one_process_engine():  # under `accelerate launch`: this engine is one process's own, not the trainers'
+        engine = LLM(
+            model=str(model_dir),
+            dtype=engine_dtype(settings.dtype),
+            max_model_len=max_model_len,
+            max_num_seqs=settings.max_num_seqs,
+            seed=settings.seed,
+            reasoning_config=reasoning_config(fmt),
+            enable_prefix_caching=True,
+            worker_extension_cls=WORKER_EXTENSION,  # lets RL load each new policy in place (l2s/inplace_reload.py)
+            **({"enable_lora": True, "max_lora_rank": vllm_max_rank([max_lora_rank])} if max_lora_rank else {}),
+            **hardware,
+        )
     engine._l2s_format = fmt  # what `engine_format` hands out: detected once, before the engine was built
     engine._l2s_adapter = None
     if adapter:

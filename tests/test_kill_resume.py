@@ -26,18 +26,22 @@ SEED = 15  # the kill moments are drawn from it, so a failure reproduces
 Kill = Callable[[], bool]  # polled while the command runs; true: kill it now
 
 
-def _run(args: list[str], kill: Kill | None = None, home: Path | None = None) -> int | None:
-    """Run `l2s ARGS` in a process group of its own (with `home` as its L2S_HOME, the lab cache off); when
-    `kill()` turns true, SIGKILL the whole group. Returns the exit status, or None if it was killed first."""
+L2S = [sys.executable, "-m", "l2s.cli"]
+
+
+def _run(args: list[str], kill: Kill | None = None, home: Path | None = None, command: list[str] = L2S) -> int | None:
+    """Run `l2s ARGS` (or `command ARGS`) in a process group of its own (with `home` as its L2S_HOME, the lab cache
+    off); when `kill()` turns true, SIGKILL the whole group. Returns the exit status, or None if it was killed
+    first."""
     env = {**os.environ, "L2S_CACHE": "off", **({"L2S_HOME": str(home)} if home else {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", "l2s.cli", *args], cwd=ROOT, start_new_session=True, env=env,
+        [*command, *args], cwd=ROOT, start_new_session=True, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 900
     while process.poll() is None and time.monotonic() < deadline:
         if kill is not None and kill():
-            os.killpg(process.pid, signal.SIGKILL)
+            _kill_all(process.pid)
             process.wait()
             time.sleep(1)  # let the killed engine processes be reaped
             return None
@@ -48,12 +52,31 @@ def _run(args: list[str], kill: Kill | None = None, home: Path | None = None) ->
     return process.returncode
 
 
-def _run_through_kills(args: list[str], kills: list[Callable[[], Kill]], progress: Callable, home=None) -> list:
+def _kill_all(pid: int) -> None:
+    """SIGKILL a process group and every process below its leader, also those in sessions of their own (torchrun
+    starts each worker in a new session): all of them at once, as a lost node loses them."""
+    import psutil
+
+    try:
+        tree = [pid] + [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:  # (it ended on its own just now)
+        tree = []
+    os.killpg(pid, signal.SIGKILL)
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _run_through_kills(
+    args: list[str], kills: list[Callable[[], Kill]], progress: Callable, home=None, command: list[str] = L2S
+) -> list:
     """Run `args` once per kill (each `kills[i]()` makes that attempt's trigger as it starts), then to the end.
     Returns `progress()` as it stood at each kill that landed before the command finished."""
     seen = []
     for make_kill in [*kills, None]:
-        status = _run(args, make_kill() if make_kill else None, home)
+        status = _run(args, make_kill() if make_kill else None, home, command)
         if status is None:
             seen.append(progress())
             continue

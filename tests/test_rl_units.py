@@ -112,6 +112,7 @@ def test_resume_may_extend_a_run_only_where_that_changes_nothing_else():
     assert continues(saved, saved)
     assert continues(saved, saved.model_copy(update={"iterations": 16}))  # a 16-iteration run, exactly
     assert not continues(saved, saved.model_copy(update={"iterations": 8}))
+    assert continues(saved, saved.model_copy(update={"merge_adapter": True}))  # (only the output's form)
     assert not continues(saved, saved.model_copy(update={"iterations": 16, "tau": 1.0}))
     with_curriculum = saved.model_copy(update={"curriculum": True})  # its level schedule spans the run
     assert not continues(with_curriculum, with_curriculum.model_copy(update={"iterations": 16}))
