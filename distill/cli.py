@@ -76,6 +76,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(dpo, "dpo")
     dpo.set_defaults(method_handler=_dpo)
     _add_rl(methods)
+    _add_rollout_server(methods)
+
+
+def _add_rollout_server(methods) -> None:
+    from l2s.flags import add_recipe_flags
+    from l2s.generation import EngineSettings
+
+    server = methods.add_parser(
+        "rollout-server",
+        help="serve rollouts to `distill rl --rollout-server` from other GPUs (vLLM's server)",
+        description="Start vLLM's OpenAI server on MODEL for RL's rollouts: `distill rl --rollout-server "
+        "http://HOST:PORT` samples from it and loads each checkpoint into it by path (a shared filesystem).",
+    )
+    server.add_argument("--model", required=True, help="the model RL starts from (a directory or a hub id)")
+    server.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    server.add_argument("--port", type=int, default=8001, help="default: %(default)s")
+    add_recipe_flags(server.add_argument_group("engine (default: from the model and the hardware)"), EngineSettings)
+    server.set_defaults(method_handler=_rollout_server)
+
+
+def _rollout_server(args: argparse.Namespace) -> int:
+    from distill.rollout_server import serve
+    from l2s.flags import recipe_overrides
+    from l2s.generation import EngineSettings
+
+    serve(args.model, args.port, args.host, EngineSettings(**recipe_overrides(args, EngineSettings)))
+    return 0
 
 
 def _add_rl(methods) -> None:

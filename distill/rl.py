@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from distill.lora import LoraRecipe, peft_config, save_weights
@@ -91,6 +91,11 @@ class RLRecipe(LoraRecipe, TaskRecipe):
     partial_rollouts: bool = Field(False, description="continue long responses over iterations")
     rollout_tokens: int = Field(128, ge=1, description="with partial rollouts: tokens per response per iteration")
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    rollout_server: str | None = Field(
+        None,
+        description="sample from this vLLM server (`l2s distill rollout-server`, sharing this filesystem: it loads "
+        "each checkpoint by path) instead of an engine in this process",
+    )
     validation_problems: int = Field(256, ge=0, description="validation problems scored greedily (0: none)")
     validation_task: str | None = Field(
         None,
@@ -102,6 +107,12 @@ class RLRecipe(LoraRecipe, TaskRecipe):
         0.01, ge=0, le=1, description="keep the shortest checkpoint within this much validation accuracy of the start"
     )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _rollout_server_without_lora(self) -> RLRecipe:
+        if self.rollout_server and self.lora:
+            raise ValueError("rollout_server: a LoRA run samples on its own engine (the server loads whole models)")
+        return self
 
 
 # --- the loss ----------------------------------------------------------------------------------------------
@@ -567,7 +578,13 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
     if "gpu_memory_utilization" not in recipe.engine.model_fields_set:
         # the engine shares the GPU with the trainer (weights, gradients, AdamW moments, activations)
         engine_settings = engine_settings.model_copy(update={"gpu_memory_utilization": 0.4})
-    if recipe.lora:  # the start model's weights stay in the engine; each checkpoint's adapter is applied to them
+    if recipe.rollout_server:  # the server loads the start (or resumed) weights, whatever it was started with
+        from distill.rollout_server import RemoteEngine
+        from l2s.inplace_reload import reload_engine_weights
+
+        engine = RemoteEngine(recipe.rollout_server, start_from or recipe.model_path)
+        reload_engine_weights(engine, start_from or recipe.model_path)
+    elif recipe.lora:  # the start model's weights stay in the engine; each checkpoint's adapter is applied to them
         engine = open_engine(recipe.model_path, engine_settings, max_lora_rank=recipe.lora_rank)
         if start_from:
             refresh_engine(engine, start_from, recipe, state.iteration)

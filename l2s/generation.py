@@ -278,3 +278,5 @@ def close_engine(engine) -> None:
     shutdown = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
     if shutdown is not None and hasattr(shutdown, "shutdown"):
         shutdown.shutdown()
+    elif hasattr(engine, "close"):  # (a rollout server's client: the server keeps running)
+        engine.close()

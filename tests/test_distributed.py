@@ -10,8 +10,10 @@ import math
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -77,42 +79,90 @@ def test_shortest_and_dpo_train_on_two_processes(lab_models, tmp_path):
     assert len(samples.read_text().splitlines()) == 48 * 8, "the samples were drawn once"
 
 
-def test_rl_on_two_processes_gives_what_one_gives_also_when_killed_and_resumed(lab_models, tmp_path):
-    """The same run on one process and on two (each sampling half of every iteration's responses on its own engine
-    and training on half of every minibatch, DDP summing the gradients), the two-process one killed with SIGKILL
-    (the launcher, both processes and their engines) after its first checkpoint and resumed. Samples, rewards and
-    validation scores come out identical, losses and weights equal to float rounding (DDP adds the gradients in
-    another order than one process does)."""
+def _rl_args(lab_models: Path, out: Path, *extra: str) -> list[str]:
+    return ["distill", "rl", "--model", str(lab_models / "lab-long"), "--keep-optimizer-state",
+            "--iterations", "2", "--problems-per-iteration", "8", "--k", "4", "--max-tokens", "400",
+            "--length-warmup-iterations", "0", "--validation-problems", "16", "--validate-every", "1",
+            "--resume", "--out", str(out / "lab-rl"), *extra]  # fmt: skip
+
+
+def _logs(home: Path, name: str) -> list[dict]:
+    (run,) = (home / "runs" / "rl").glob("lab-rl-*")
+    return [json.loads(line) for line in (run / name).read_text().splitlines()]
+
+
+def _same_run(one: Path, other: Path) -> float:
+    """Require the run in `other` to be the one in `one`: the same samples, rewards and validation scores, losses
+    and weights equal to float rounding. Returns the largest weight difference."""
     from safetensors.torch import load_file
 
-    def args(out: Path) -> list[str]:
-        return ["distill", "rl", "--model", str(lab_models / "lab-long"), "--keep-optimizer-state",
-                "--iterations", "2", "--problems-per-iteration", "8", "--k", "4", "--max-tokens", "400",
-                "--length-warmup-iterations", "0", "--validation-problems", "16", "--validate-every", "1",
-                "--resume", "--out", str(out / "lab-rl")]  # fmt: skip
-
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert _run(args(one), home=one) == 0
-    rng = random.Random(SEED)
-    kill = _once(lambda: _count("runs/rl/lab-rl-*/iter-0001/state.json", two), rng.uniform(0, 1))
-    at_kills = _run_through_kills(args(two), [kill], lambda: _count("runs/rl/lab-rl-*/iter-*/state.json", two),
-                                  home=two, command=LAUNCH)  # fmt: skip
-    assert at_kills == [1], f"the kill did not land between the two checkpoints: {at_kills}"
-
-    def logs(home: Path, name: str) -> list[dict]:
-        (run,) = (home / "runs" / "rl").glob("lab-rl-*")
-        return [json.loads(line) for line in (run / name).read_text().splitlines()]
-
     exact = ("problems", "accuracy", "mean_length", "mean_length_spread", "mean_reward", "length_weight")
-    for first, second in zip(logs(one, "metrics.jsonl"), logs(two, "metrics.jsonl"), strict=True):
+    for first, second in zip(_logs(one, "metrics.jsonl"), _logs(other, "metrics.jsonl"), strict=True):
         assert {key: first[key] for key in exact} == {key: second[key] for key in exact}
         for key in ("loss", "kl_term", "engine_logprob_gap"):  # (measured: 1e-7 relative, 1e-9 and 1e-7 apart)
             assert second[key] == pytest.approx(first[key], rel=1e-3, abs=1e-5), key
-    assert logs(one, "validation.jsonl") == logs(two, "validation.jsonl")
-    assert logs(one, "metrics.jsonl")[0]["loss"] > 0, "the first iteration trained (no warm-up)"
-    weights, other = load_file(one / "lab-rl" / "model.safetensors"), load_file(two / "lab-rl" / "model.safetensors")
-    gap = max((weights[name] - other[name]).abs().max().item() for name in weights)
-    assert 0 <= gap < 1e-4, f"weights differ by {gap}"  # (measured: 4e-7)
-    card = json.loads((two / "lab-rl" / "card.json").read_text())
-    assert card["training"]["iterations"] == 2
+    assert _logs(one, "validation.jsonl") == _logs(other, "validation.jsonl")
+    weights, others = load_file(one / "lab-rl" / "model.safetensors"), load_file(other / "lab-rl" / "model.safetensors")
+    gap = max((weights[name] - others[name]).abs().max().item() for name in weights)
+    assert 0 <= gap < 1e-4, f"weights differ by {gap}"  # (measured: 4e-7 on two processes, 0 from a server)
+    assert json.loads((other / "lab-rl" / "card.json").read_text())["training"]["iterations"] == 2
+    return gap
+
+
+@pytest.fixture(scope="module")
+def one_process_rl(lab_models, tmp_path_factory) -> Path:
+    """The reference: two RL iterations on one process with its own engine (the first one trains: no warm-up)."""
+    one = tmp_path_factory.mktemp("one")
+    assert _run(_rl_args(lab_models, one), home=one) == 0
+    assert _logs(one, "metrics.jsonl")[0]["loss"] > 0
+    return one
+
+
+def test_rl_on_two_processes_gives_what_one_gives_also_when_killed_and_resumed(lab_models, one_process_rl, tmp_path):
+    """The same run on two processes (each sampling half of every iteration's responses on its own engine and
+    training on half of every minibatch, DDP summing the gradients), killed with SIGKILL (the launcher, both
+    processes and their engines) after its first checkpoint and resumed. Weights equal to float rounding: DDP adds
+    the gradients in another order than one process does."""
+    two = tmp_path / "two"
+    rng = random.Random(SEED)
+    kill = _once(lambda: _count("runs/rl/lab-rl-*/iter-0001/state.json", two), rng.uniform(0, 1))
+
+    def checkpoints() -> int:
+        return _count("runs/rl/lab-rl-*/iter-*/state.json", two)
+
+    at_kills = _run_through_kills(_rl_args(lab_models, two), [kill], checkpoints, home=two, command=LAUNCH)
+    assert at_kills == [1], f"the kill did not land between the two checkpoints: {at_kills}"
+    gap = _same_run(one_process_rl, two)
     print(f"one vs two processes: largest weight difference {gap:.1e}; checkpoints at the kill: {at_kills}")
+
+
+def test_rl_from_a_rollout_server_gives_what_its_own_engine_gives(lab_models, one_process_rl, tmp_path):
+    """`l2s distill rollout-server` (vLLM's OpenAI server with our reload extension) started on lab-long; the run
+    samples from it and loads each checkpoint into it by path. The engine-vs-trainer log-prob gap (in the
+    comparison) shows the server sampled from exactly the trained weights."""
+    import httpx
+
+    from l2s.local_server import free_port
+
+    port = free_port()
+    log = (tmp_path / "rollout-server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "l2s.cli", "distill", "rollout-server", "--model", str(lab_models / "lab-long"),
+         "--port", str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            assert server.poll() is None, (tmp_path / "rollout-server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        remote = tmp_path / "remote"
+        assert _run(_rl_args(lab_models, remote, "--rollout-server", f"http://127.0.0.1:{port}"), home=remote) == 0
+        gap = _same_run(one_process_rl, remote)
+        print(f"own engine vs rollout server: largest weight difference {gap:.1e}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)

