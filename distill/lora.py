@@ -59,17 +59,18 @@ def base_reference(model: str) -> str:
     return str(Path(full_weights(model)).resolve())
 
 
-def save_weights(model, directory: Path, recipe: LoraRecipe) -> dict:
+def save_weights(model, directory: Path, recipe: LoraRecipe, state_dict: dict | None = None) -> dict:
     """Write the trained weights into `directory`: the adapter (pointing at its base), or with `merge_adapter`
-    the merged model, or the full model. Returns the card's LoRA fields (none without LoRA)."""
+    the merged model, or the full model. `state_dict`: the weights gathered from the processes that hold them in
+    shards (FSDP, ZeRO-3). Returns the card's LoRA fields (none without LoRA)."""
     if not recipe.lora:
-        model.save_pretrained(str(directory))
+        model.save_pretrained(str(directory), state_dict=state_dict)
         return {}
     settings = {"rank": recipe.lora_rank, "alpha": recipe.lora_alpha, "target_modules": recipe.lora_target_modules}
     if recipe.merge_adapter:
         model.merge_and_unload().save_pretrained(str(directory))
         return {"lora": {**settings, "merged": True}}
-    model.save_pretrained(str(directory))
+    model.save_pretrained(str(directory), state_dict=state_dict)
     base = base_reference(recipe.model)
     write_base_reference(directory, base)
     return {"lora": settings, "base": base}
@@ -79,22 +80,32 @@ def full_weights(model: str | Path) -> str:
     """A model's full weights: the model itself, or for a LoRA adapter its base with the adapter merged in — written
     once under `runs/merged-adapters/`, keyed on the adapter's and its base's files (for what needs whole models:
     mergekit, training from a LoRA variant, a server without LoRA)."""
-    from l2s.adapters import ADAPTER_CONFIG, adapter_base, is_adapter
-    from l2s.cards import atomic_model_dir, is_model_dir
+    from l2s.adapters import ADAPTER_CONFIG, is_adapter
+    from l2s.atomic import file_lock
+    from l2s.cards import is_model_dir
     from l2s.home import run_dir_for
-    from l2s.models import resolve_model, weights_version
+    from l2s.models import weights_version
 
     if not is_adapter(model):
         return str(model)
     config = (Path(model) / ADAPTER_CONFIG).read_text()
     target = run_dir_for("merged-adapters", model, config, weights_version(model))  # (the base's weights included)
-    if not is_model_dir(target):
-        import torch
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        base = AutoModelForCausalLM.from_pretrained(resolve_model(adapter_base(model)), dtype=torch.float32)
-        with atomic_model_dir(target) as temporary:
-            PeftModel.from_pretrained(base, model).merge_and_unload().save_pretrained(temporary)
-            AutoTokenizer.from_pretrained(model).save_pretrained(temporary)
+    with file_lock(target.with_name(f".{target.name}.lock")):  # (the processes of `accelerate launch`: one merges)
+        if not is_model_dir(target):
+            _merge(model, target)
     return str(target)
+
+
+def _merge(adapter: str | Path, target: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from l2s.adapters import adapter_base
+    from l2s.cards import atomic_model_dir
+    from l2s.models import resolve_model
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(adapter_base(adapter)), dtype=torch.float32)
+    with atomic_model_dir(target) as temporary:
+        PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(temporary)
+        AutoTokenizer.from_pretrained(adapter).save_pretrained(temporary)

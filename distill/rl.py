@@ -335,7 +335,7 @@ def train_iteration(
             # on each process's last micro-batch; a process with no sample in the minibatch still takes part in
             # that reduction, with one sample weighted 0.
             share = shard(chunk)
-            micros = list(_chunks(share, recipe.micro_batch_size or len(share))) or [[]]
+            micros = list(_chunks(share, recipe.micro_batch_size or max(1, len(share)))) or [[]]
             for number, micro in enumerate(micros):
                 items = [batch[i] for i in micro or chunk[:1]]
                 last = number == len(micros) - 1
@@ -523,8 +523,9 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
             (run_dir / "validation.jsonl").unlink(missing_ok=True)
     barrier()
-    # a checkpoint holds the whole run (weights, moments, state), so it resumes at any number of processes
-    start_from = last_checkpoint(run_dir) if resume else None
+    # a checkpoint holds the whole run (weights, moments, state), so it resumes at any number of processes; the
+    # main process picks it, so that every process resumes from the same one (they share $L2S_HOME)
+    start_from = all_gather(last_checkpoint(run_dir) if resume and is_main() else None)[0]
     if resume and start_from is None and is_main():
         print("no complete checkpoint to resume from: starting fresh")
     torch.manual_seed(recipe.seed)
@@ -550,8 +551,8 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
                 f"{start_from / OPTIMIZER_FILE}: does not load ({error}); delete {start_from} to resume from the "
                 "checkpoint before it"
             ) from None
-    if accelerator:
-        model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator:  # DDP around the policy; the optimiser stays plain AdamW (DDP reduces the gradients it steps on)
+        model = accelerator.prepare_model(model)
     try:
         pool, held_out = validation_split(recipe)
     except ValueError as error:
@@ -611,8 +612,6 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
             length_weight = recipe.length_weight if state.iteration >= recipe.length_warmup_iterations else 0.0
             if not recipe.keep_optimizer_state:  # each iteration a new mirror-descent step from scratch
                 optimizer = new_optimizer(unwrapped(model), recipe)
-                if accelerator:
-                    optimizer = accelerator.prepare_optimizer(optimizer)
             trained = train_iteration(model, tokenizer, groups, recipe, length_weight, rng, optimizer) if groups else {}
             for group in groups:
                 record = state.success.setdefault(group[0]["problem_id"], [0.0, 0.0])
@@ -685,6 +684,8 @@ def start_processes():
         raise SystemExit(
             f"distill rl runs on DDP (accelerate's multi-GPU or multi-CPU), not {accelerator.distributed_type.value}"
         )
+    if accelerator.mixed_precision != "no":  # (the policy's own autocast already runs the forward in bf16 on GPUs)
+        raise SystemExit(f"distill rl: launch with --mixed_precision no, not {accelerator.mixed_precision}")
     if is_main():
         print(
             f"rl on {world_size()} processes ({accelerator.distributed_type.value}): each samples and trains on its "
@@ -696,8 +697,9 @@ def start_processes():
 def continues(saved: RLRecipe, recipe: RLRecipe) -> bool:
     """Whether `recipe` may resume a run of `saved`: the same recipe, or the same with more iterations where the
     iteration count shapes nothing else (without the curriculum, whose schedule spans the run), so that a run
-    extended from 12 to 16 iterations is exactly a 16-iteration run. `merge_adapter` only shapes the output."""
-    saved = saved.model_copy(update={"merge_adapter": recipe.merge_adapter})
+    extended from 12 to 16 iterations is exactly a 16-iteration run. `merge_adapter` only shapes the output, and
+    `rollout_server` only where the same samples come from."""
+    saved = saved.model_copy(update={"merge_adapter": recipe.merge_adapter, "rollout_server": recipe.rollout_server})
     if saved == recipe:
         return True
     extended = saved.model_copy(update={"iterations": recipe.iterations})

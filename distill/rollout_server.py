@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -104,7 +105,11 @@ class RemoteEngine:
             "skip_special_tokens": params.skip_special_tokens,
             "return_token_ids": True,
             **({"logprobs": params.logprobs} if params.logprobs is not None else {}),
-            **({"thinking_token_budget": params.thinking_token_budget} if params.thinking_token_budget else {}),
+            **(
+                {"thinking_token_budget": params.thinking_token_budget}
+                if params.thinking_token_budget is not None
+                else {}
+            ),
         }
         response = self.client.post("/v1/completions", json=body)
         if response.status_code != 200:
@@ -127,9 +132,15 @@ class RemoteEngine:
             self.client.post("/collective_rpc", json={"method": method, "args": list(args)}).raise_for_status()
 
     def reset_prefix_cache(self) -> None:
-        """(After a reload: drop the old weights' KV blocks; every process waits until it is done.)"""
+        """(After a reload: drop the old weights' KV blocks — vLLM refuses while blocks are held, e.g. by requests
+        still running, so it is asked again until done; every process waits until it is.)"""
         if is_main():
-            self.client.post("/reset_prefix_cache").raise_for_status()
+            for _ in range(600):
+                if self.client.post("/reset_prefix_cache").raise_for_status().json().get("success"):
+                    break
+                time.sleep(0.1)
+            else:
+                raise RuntimeError(f"rollout server {self.url}: its prefix cache would not reset (requests running?)")
         barrier()
 
     def close(self) -> None:

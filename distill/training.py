@@ -186,11 +186,12 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
 
 def save_model(trainer, tokenizer, out_dir: Path, method: str, recipe: TrainedRecipe, examples: list, **extra) -> None:
     """The trained model (or LoRA adapter), its tokenizer and its card, published atomically as `out_dir` (by the
-    main process alone)."""
+    main process alone, once every process has helped gather weights that FSDP or ZeRO-3 keep in shards)."""
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) if world_size() > 1 else None
     if not is_main():
         return
     with atomic_model_dir(out_dir) as temporary:
-        lora = save_weights(trainer.model, temporary, recipe)
+        lora = save_weights(trainer.model, temporary, recipe, state_dict)
         tokenizer.save_pretrained(str(temporary))
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         write_card(
