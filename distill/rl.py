@@ -350,7 +350,7 @@ def train_iteration(
                     )
                     if len(micro) != len(chunk):
                         loss = loss * (len(micro) / len(chunk))
-                    (loss * world_size() if world_size() > 1 else loss).backward()
+                    (loss * world_size()).backward()  # (× 1 on one process: the same gradients, bit for bit)
                 loss_value += loss.item()
                 if micro:
                     log_ratios.extend((logprobs.detach() - reference[micro]).tolist())
