@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from server.budgets import Calibration
 from server.config import ServerConfig
+from server.engine import VariantEngine
 from server.errors import install_error_handlers
 from server.middleware import LimitBody, RefuseWhileDraining, RequireAPIKey
 from server.routes import document_stream_events, router
@@ -20,8 +21,14 @@ from server.service import ChatService
 PLAYGROUND = Path(__file__).parent / "playground"
 
 
-def build_app(config: ServerConfig, calibration: Calibration | None = None, api_key: str | None = None) -> FastAPI:
-    service = ChatService(config, calibration)
+def build_app(
+    config: ServerConfig,
+    calibration: Calibration | None = None,
+    api_key: str | None = None,
+    engines: dict[str, VariantEngine] | None = None,
+) -> FastAPI:
+    """`engines`: see `ChatService` (default: a vLLM engine per variant, in this process)."""
+    service = ChatService(config, calibration, engines)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

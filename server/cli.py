@@ -30,6 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="calibration.json from `l2s eval --calibrate`: measured effort budgets and auto routing",
     )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="serve on Ray Serve: each variant a deployment of replicas (its `ray:` settings), this app the "
+        "ingress; alone it starts a local Ray instance, with ADDRESS (`auto`, `ray://HOST:10001`) it joins that "
+        "cluster",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -53,6 +63,16 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"no models to serve: none in {args.models_dir} and none in the config (run `l2s lab build`)")
     calibration = Calibration.load(args.calibration) if args.calibration else None
     api_key = args.api_key or os.environ.get("L2S_API_KEY") or None
+    if args.ray:
+        # Ray's own SIGTERM handler (absl's failure handler) aborts the process after ours has begun the shutdown
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+        from server.ray_serve import serve_on_ray
+
+        try:
+            serve_on_ray(config, calibration, api_key, None if args.ray == "local" else args.ray, args.host, args.port)
+        except ValueError as error:
+            raise SystemExit(f"l2s serve --ray: {error}") from None
+        return 0
     app = build_app(config, calibration, api_key)
     service = app.state.service
 

@@ -20,7 +20,7 @@ from l2s.registry import check_variant_name, registered_variants
 
 logger = logging.getLogger("l2s.server")
 EFFORTS = ("none", "low", "medium", "high")
-ADAPTER_INHERITS = {"engine", "reasoning", "max_waiting"}  # a LoRA adapter's: its base variant's (the engine's)
+ADAPTER_INHERITS = {"engine", "reasoning", "max_waiting", "ray"}  # a LoRA adapter's: its base variant's (the engine's)
 
 
 class Strict(BaseModel):
@@ -109,6 +109,33 @@ class ReasoningConfig(Strict):
         return self
 
 
+class Autoscaling(Strict):
+    """Ray Serve's autoscaling of a variant's replicas: between `min_replicas` and `max_replicas`, aiming at
+    `target_ongoing_requests` requests in each."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(ge=1)
+    target_ongoing_requests: float = Field(16, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling: min_replicas must not exceed max_replicas")
+        return self
+
+
+class RayDeployment(Strict):
+    """How `l2s serve --ray` runs a variant: a Ray Serve deployment of `replicas` (or `autoscaling`) replicas,
+    each holding one vLLM engine with these resources. The single-process server ignores it."""
+
+    replicas: int = Field(1, ge=1, description="a fixed number of replicas (unless `autoscaling` is set)")
+    autoscaling: Autoscaling | None = None
+    num_cpus: float = Field(1, ge=0, description="CPUs Ray reserves for each replica")
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs per replica (default: the engine's tensor_parallel_size on a GPU machine, else 0)"
+    )
+
+
 class VariantConfig(Strict):
     name: str
     path: Path
@@ -128,6 +155,7 @@ class VariantConfig(Strict):
         None, description="vLLM's tool-call parser for this model (hermes, llama3_json, ...): `tools` honoured"
     )
     max_waiting: int = Field(256, ge=0, description="queued requests beyond max_num_seqs before 429")
+    ray: RayDeployment = RayDeployment()
 
     @field_validator("name")
     @classmethod
@@ -168,8 +196,10 @@ class ServerConfig(Strict):
     )
 
     @classmethod
-    def load(cls, path: str | Path | None, models_dir: str | Path | None) -> ServerConfig:
-        raw = read_yaml(path, "server config") if path else {}
+    def load(cls, path: str | Path | None, models_dir: str | Path | None, raw: dict | None = None) -> ServerConfig:
+        """From the YAML at `path` (or the mapping `raw`, as a RayService manifest gives it), plus every finished
+        model in `models_dir`."""
+        raw = dict(raw) if raw is not None else read_yaml(path, "server config") if path else {}
         where = path or "the server config"
         defaults = raw.pop("defaults", None) or {}
         if not isinstance(defaults, dict):

@@ -42,6 +42,7 @@ class Chunk:
     # when logprobs were asked for: those of this chunk's reasoning tokens and answer tokens (markers in neither)
     reasoning_logprobs: list[TokenLogprob] | None = None
     answer_logprobs: list[TokenLogprob] | None = None
+    replica: str | None = None  # on a request's first chunk under `l2s serve --ray`: the replica that runs it
 
 
 @dataclass
@@ -81,6 +82,7 @@ class VariantEngine:
         self._unfinished_build = None  # an engine build the server stopped waiting for (see `start`)
         self.adapters: list[AdapterEngine] = []  # LoRA variants served on this engine (they add themselves)
         self.lora = None  # vLLM's LoRARequest for an adapter variant's requests; a full model's: none
+        self.live_replicas: int | None = None  # a Ray Serve deployment's running replicas (`l2s serve --ray`)
 
     @property
     def name(self) -> str:
@@ -272,6 +274,13 @@ class VariantEngine:
             return PlainStream()
         fmt = self.format
         return ReasoningStream(fmt.start_id, fmt.end_id, fmt.markers, start_in_prompt=fmt.start_in_prompt)
+
+    async def refresh(self) -> None:
+        """Called by the watchdog every half second: an engine in this process has nothing to look up."""
+
+    async def plan_sampling(self, params: GenerationParams, n: int = 1):
+        """`sampling_params`, awaitable: a remote engine (server/remote_engine.py) checks them on a replica."""
+        return self.sampling_params(params, n)
 
     def sampling_params(self, params: GenerationParams, n: int = 1):
         """vLLM's sampling parameters for one request. Built before the response starts, so that whatever vLLM

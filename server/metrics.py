@@ -67,6 +67,18 @@ class ServerMetrics:
         self.engine_restarts = Counter(
             "l2s_engine_restarts", "Times a variant's engine was restarted in place", labels, registry=self.registry
         )
+        self.replica_requests = Counter(
+            "l2s_replica_requests",
+            "Requests by the Ray Serve replica that ran them, and HTTP status (`l2s serve --ray`)",
+            ["variant", "replica", "status"],
+            registry=self.registry,
+        )
+        self.live_replicas = Gauge(
+            "l2s_live_replicas",
+            "Running Ray Serve replicas of a variant (`l2s serve --ray`)",
+            labels,
+            registry=self.registry,
+        )
         self.refused = Counter(
             "l2s_refused_requests",
             "Requests refused because a variant's queue was full",

@@ -51,18 +51,29 @@ class Plan:
 
 
 class ChatService:
-    def __init__(self, config: ServerConfig, calibration: Calibration | None = None):
+    def __init__(
+        self,
+        config: ServerConfig,
+        calibration: Calibration | None = None,
+        engines: dict[str, VariantEngine] | None = None,
+    ):
+        """`engines`: what runs each variant, when not vLLM engines in this process (`l2s serve --ray` passes
+        server/remote_engine.py's, one per Ray Serve deployment)."""
         self.config = config
         self.calibration = calibration
-        full = [variant for variant in config.variants if variant.base is None]
-        hosts = {variant.name: VariantEngine(variant, position) for position, variant in enumerate(full)}
-        self.engines = {  # in the config's order; LoRA adapters on their base's engine
-            v.name: hosts[v.name] if v.base is None else AdapterEngine(v, hosts[v.base]) for v in config.variants
-        }
+        if engines is None:
+            full = [variant for variant in config.variants if variant.base is None]
+            hosts = {variant.name: VariantEngine(variant, position) for position, variant in enumerate(full)}
+            engines = {  # in the config's order; LoRA adapters on their base's engine
+                v.name: hosts[v.name] if v.base is None else AdapterEngine(v, hosts[v.base]) for v in config.variants
+            }
+        self.engines = engines
         self.metrics = ServerMetrics()
         for name, engine in self.engines.items():  # read at scrape time, so they are never stale
             self.metrics.running.labels(name).set_function(lambda engine=engine: engine.running)
             self.metrics.waiting.labels(name).set_function(lambda engine=engine: engine.waiting)
+            if engine.live_replicas is not None:
+                self.metrics.live_replicas.labels(name).set_function(lambda engine=engine: engine.live_replicas)
         self.draining = False
         self.closing = False  # the drain's grace is over: requests still running are ended
         self.open_streams: set[asyncio.Queue] = set()  # each open stream's event queue (routes.py)
@@ -84,6 +95,7 @@ class ChatService:
         while not self.draining:
             await asyncio.sleep(WATCH_SECONDS)
             for engine in self.engines.values():
+                await engine.refresh()  # (a Ray deployment's live replicas; nothing for an engine in this process)
                 if engine.host is engine and engine.dead and not self.draining:  # (an adapter's: its base's)
                     await self._recover(engine)
 
@@ -265,7 +277,7 @@ class ChatService:
         if any(token >= engine.vocab_size for token in params.logit_bias):
             raise APIError(400, f"logit_bias: token ids must be below {engine.vocab_size}", param="logit_bias")
         try:
-            sampling = engine.sampling_params(params, request.n)
+            sampling = await engine.plan_sampling(params, request.n)
         except ValueError as error:  # what vLLM itself rejects (its validation errors are ValueErrors)
             raise APIError(400, str(error)[:500], code="invalid_parameter") from None
         return Plan(
@@ -474,8 +486,11 @@ class _Tracker:
         self.started = time.perf_counter()
         self.first_token = self.first_answer = False
         self.done = False
+        self.replica: str | None = None  # the Ray Serve replica that ran it (`l2s serve --ray`)
 
     def observe(self, chunk: Chunk) -> None:
+        if chunk.replica:
+            self.replica = chunk.replica
         elapsed = time.perf_counter() - self.started
         if not self.first_token and chunk.completion_tokens:
             self.first_token = True
@@ -489,6 +504,8 @@ class _Tracker:
             return
         self.done = True
         self.metrics.requests.labels(self.name, status).inc()
+        if self.replica:
+            self.metrics.replica_requests.labels(self.name, self.replica, status).inc()
         self.metrics.latency.labels(self.name).observe(time.perf_counter() - self.started)
         for final in finals or []:
             if final is None:

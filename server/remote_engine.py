@@ -1,0 +1,146 @@
+"""The ingress's stand-in for a variant's engine under `l2s serve --ray`: the variant runs as a Ray Serve
+deployment (server/ray_serve.py), each replica holding its own vLLM engine, and `RemoteVariant` sends the
+engine calls of `ChatService` through the deployment's handle to whichever replica Ray picks.
+
+What stays here, in the one ingress process: admission (every request passes through it, so the counts are the
+whole variant's, across its replicas), tokenizing with the variant's tokenizer, the reasoning format, tool
+parsing, and the metrics. What runs on a replica: checking the sampling parameters against its engine, and the
+generation itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from server.config import VariantConfig
+from server.engine import Chunk, GenerationParams, VariantEngine
+from server.errors import APIError
+
+logger = logging.getLogger("l2s.server")
+RETRIES = 3  # a request whose replica died before it produced anything goes to another replica, this many times
+
+
+class RemoteVariant(VariantEngine):
+    def __init__(self, variant: VariantConfig, handle, app_name: str):
+        super().__init__(variant)
+        self.handle = handle  # Ray Serve's DeploymentHandle of the variant's deployment
+        self.app_name = app_name
+        self.live_replicas = 0
+        self.started = False
+        self._vocab_size = 0
+        self._counted = True  # the last refresh found the deployment
+
+    # Ray Serve, not our watchdog, notices a dead replica (its health check) and starts another: a remote variant
+    # is never "dead" to the watchdog; it is unavailable while it has no live replica.
+    @property
+    def ready(self) -> bool:
+        return self.started and self.live_replicas > 0
+
+    @property
+    def dead(self) -> bool:
+        return False
+
+    @property
+    def status(self) -> str:
+        if self.ready:
+            return "ready"
+        return "restarting" if self.started else "loading"
+
+    @property
+    def capacity(self) -> int:
+        """Every live replica's engine slots and queue (the config's are per engine)."""
+        settings = self.variant
+        return max(1, self.live_replicas) * (settings.engine.max_num_seqs + settings.max_waiting)
+
+    @property
+    def running(self) -> int:
+        return min(self.in_flight, max(1, self.live_replicas) * self.variant.engine.max_num_seqs)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    async def start(self) -> None:
+        """The format and tokenizer read here from the model (as a replica reads them); the context length and
+        vocabulary from the first replica that answers, once its engine is up."""
+        from transformers import AutoTokenizer
+
+        self.format = await asyncio.to_thread(self.detect_format)
+        self.check_tool_parser()
+        self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self.variant.path)
+        described = await self.handle.describe.remote()
+        self.max_model_len, self._vocab_size = described["max_model_len"], described["vocab_size"]
+        await self.refresh()
+        self.started = True
+
+    async def refresh(self) -> None:
+        """How many replicas of the deployment are running, from Ray Serve's controller."""
+        from ray import serve
+
+        try:
+            status = await asyncio.to_thread(serve.status)
+            deployment = status.applications[self.app_name].deployments[self.name]
+            self.live_replicas = deployment.replica_states.get("RUNNING", 0)
+            self._counted = True
+        except Exception as error:  # the controller restarting, the application being deleted: keep the last count
+            if self._counted:  # (said once, not every half second)
+                logger.warning("variant %s: no replica count from Ray Serve: %r", self.name, error)
+            self._counted = False
+
+    async def plan_sampling(self, params: GenerationParams, n: int = 1):
+        """vLLM's sampling parameters, built and checked on a replica against its engine (ValueError: a 400)."""
+        from ray.exceptions import RayActorError
+
+        for attempt in range(RETRIES + 1):
+            try:
+                checked = await self.handle.check.remote(params, n)
+                break
+            except RayActorError:  # the replica died: nothing was started, ask another
+                if attempt == RETRIES:
+                    raise self._unavailable() from None
+        if isinstance(checked, str):
+            raise ValueError(checked)
+        return checked
+
+    async def stream(
+        self, request_id: str, prompt_ids: list[int], sampling, thinking_off: bool = False
+    ) -> AsyncIterator[tuple[int, Chunk]]:
+        """The replica's (choice index, chunk)s. A replica that dies before the request produced anything costs the
+        request nothing: it is sent to another. One that dies mid-generation ends it with a 503 (retry)."""
+        from ray.exceptions import RayActorError, RayTaskError
+
+        for attempt in range(RETRIES + 1):
+            produced = done = False
+            chunks = self.handle.options(stream=True).generate.remote(request_id, prompt_ids, sampling, thinking_off)
+            try:
+                async for index, chunk in chunks:
+                    produced = True
+                    yield index, chunk
+                done = True
+                return
+            except RayActorError:
+                if produced or attempt == RETRIES:
+                    raise self._unavailable() from None
+                logger.warning("variant %s: a replica died before request %s started; retrying", self.name, request_id)
+            except RayTaskError as error:  # raised on the replica: its engine died, or the generation failed
+                if type(error.cause).__name__ == "EngineDeadError":
+                    raise self._unavailable() from None
+                raise error.cause from None
+            finally:
+                if not done:  # a client that went away, or a failure: the replica aborts the generation
+                    with contextlib.suppress(Exception):
+                        chunks.cancel()
+
+    def _unavailable(self) -> APIError:
+        return APIError(
+            503,
+            f"the replica of '{self.name}' serving this request died; retry",
+            code="engine_unavailable",
+            retry_after=2,
+        )
+
+    def shutdown(self) -> None:
+        pass  # Ray Serve stops the replicas
