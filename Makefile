@@ -9,7 +9,7 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "
 
 .PHONY: setup deps browser playground-screenshots lab serve test test-fast lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-merge-sweep lab-eval bench loadtest \
 	lab-seeds lab-rl-seeds lab-shortest-seeds lab-dpo-seeds lab-rl-other-lab \
-	lab-lora lab-shortest-lora lab-dpo-lora lab-rl-lora lab-lora-eval bench-lora
+	lab-lora lab-shortest-lora lab-dpo-lora lab-rl-lora lab-lora-eval bench-lora bench-ray
 
 setup: $(VENV)/.deps-installed lab browser
 
@@ -133,6 +133,11 @@ lab-eval: setup
 # The README's "Load and performance" figures: ours vs vLLM's own server, then a 60 s locust run.
 bench: setup
 	$(BIN)/python clients/bench.py --model $(MODELS)/lab-long --requests 64 --rounds 3 --profile --out results/bench
+
+# Ray Serve against the single-process server, and one replica against two (README "Serving at scale").
+bench-ray: setup
+	$(BIN)/python clients/bench_ray.py --model $(MODELS)/lab-long --concurrency 32 --requests 64 --rounds 2 \
+		--out results/bench-ray
 
 loadtest: setup
 	$(BIN)/l2s loadtest --spawn --users 16 --spawn-rate 4 --duration 60s --out results/loadtest

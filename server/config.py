@@ -134,6 +134,13 @@ class RayDeployment(Strict):
     num_gpus: float | None = Field(
         None, ge=0, description="GPUs per replica (default: the engine's tensor_parallel_size on a GPU machine, else 0)"
     )
+    stream_interval_ms: float = Field(
+        50,
+        ge=0,
+        description="a replica sends a request's new tokens to the ingress at most this often (the first at once): "
+        "every message through Ray costs CPU on both sides, one per token is the most costly (as Ray Serve LLM's "
+        "stream batching interval)",
+    )
 
 
 class VariantConfig(Strict):

@@ -44,6 +44,32 @@ class Chunk:
     answer_logprobs: list[TokenLogprob] | None = None
     replica: str | None = None  # on a request's first chunk under `l2s serve --ray`: the replica that runs it
 
+    def then(self, later: Chunk) -> Chunk:
+        """This chunk and the next one of the same choice, as one."""
+
+        def joined(first: list | None, second: list | None) -> list | None:
+            return None if first is None and second is None else [*(first or []), *(second or [])]
+
+        return Chunk(
+            reasoning=self.reasoning + later.reasoning,
+            answer=self.answer + later.answer,
+            reasoning_tokens=later.reasoning_tokens,
+            answer_tokens=later.answer_tokens,
+            completion_tokens=later.completion_tokens,
+            finish_reason=later.finish_reason,
+            reasoning_logprobs=joined(self.reasoning_logprobs, later.reasoning_logprobs),
+            answer_logprobs=joined(self.answer_logprobs, later.answer_logprobs),
+            replica=self.replica or later.replica,
+        )
+
+
+def coalesce(chunks: list[tuple[int, Chunk]]) -> list[tuple[int, Chunk]]:
+    """(choice index, chunk)s with each choice's chunks joined into one, in the order the choices first came."""
+    joined: dict[int, Chunk] = {}
+    for index, chunk in chunks:
+        joined[index] = joined[index].then(chunk) if index in joined else chunk
+    return list(joined.items())
+
 
 @dataclass
 class GenerationParams:

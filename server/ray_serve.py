@@ -10,6 +10,7 @@ for `serve run` / `serve deploy` and KubeRay's RayService (deploy/rayservice.yam
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -18,9 +19,10 @@ from ray import serve
 
 from server.budgets import Calibration
 from server.config import ServerConfig, VariantConfig
-from server.engine import VariantEngine
+from server.engine import VariantEngine, coalesce
 
 APP_NAME = "long2short"
+_END = object()  # a generation's end, in a replica's queue of chunks
 logger = logging.getLogger("l2s.server")
 
 
@@ -36,6 +38,7 @@ class VariantReplica:
             # here); Ray sets OMP_NUM_THREADS to the replica's num_cpus
             config.engine.cpu_threads_bind = "nobind"
         self.engine = VariantEngine(config)
+        self.interval = config.ray.stream_interval_ms / 1000
         await self.engine.start()
         context = serve.get_replica_context()
         self.replica = context.replica_id.unique_id
@@ -57,14 +60,47 @@ class VariantReplica:
             return str(error)
 
     async def generate(self, request_id: str, prompt_ids: list[int], sampling, thinking_off: bool):
-        """(choice index, chunk)s, the first chunk naming this replica. Cancelled by the ingress (a client that
-        went away), vLLM aborts the request."""
-        first = True
-        async with contextlib.aclosing(self.engine.stream(request_id, prompt_ids, sampling, thinking_off)) as chunks:
-            async for index, chunk in chunks:
-                if first:
-                    chunk.replica, first = self.replica, False
-                yield index, chunk
+        """Lists of (choice index, chunk), the first chunk naming this replica: what the engine made since the last
+        list, each choice's chunks joined. The first list goes at once (time to first token); the next ones at
+        most every `stream_interval_ms` (every message through Ray costs CPU on both sides). Cancelled by the
+        ingress (a client that went away), vLLM aborts the request."""
+        made: asyncio.Queue = asyncio.Queue()
+
+        async def produce() -> None:
+            try:
+                stream = self.engine.stream(request_id, prompt_ids, sampling, thinking_off)
+                async with contextlib.aclosing(stream) as chunks:
+                    async for item in chunks:
+                        made.put_nowait(item)
+                made.put_nowait(_END)
+            except Exception as error:  # raised on to the ingress, after what came before it
+                made.put_nowait(error)
+
+        producer = asyncio.create_task(produce())
+        loop = asyncio.get_running_loop()
+        first, sent = True, 0.0
+        try:
+            while True:
+                items = [await made.get()]
+                wait = sent + self.interval - loop.time()
+                if not first and wait > 0 and isinstance(items[0], tuple):
+                    await asyncio.sleep(wait)  # gather what comes meanwhile into the same message
+                while not made.empty():
+                    items.append(made.get_nowait())
+                chunks = coalesce([item for item in items if isinstance(item, tuple)])
+                if chunks:
+                    if first:
+                        chunks[0][1].replica, first = self.replica, False
+                    yield chunks
+                    sent = loop.time()
+                end = items[-1]
+                if isinstance(end, Exception):
+                    raise end
+                if end is _END:
+                    return
+        finally:
+            producer.cancel()  # (the ingress cancelled: the engine's stream is closed, which aborts the request)
+            await asyncio.gather(producer, return_exceptions=True)
 
     def check_health(self) -> None:
         if self.engine.dead:

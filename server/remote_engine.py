@@ -116,9 +116,10 @@ class RemoteVariant(VariantEngine):
             produced = done = False
             chunks = self.handle.options(stream=True).generate.remote(request_id, prompt_ids, sampling, thinking_off)
             try:
-                async for index, chunk in chunks:
+                async for made in chunks:  # (a list: what the replica's engine made since the last one)
                     produced = True
-                    yield index, chunk
+                    for index, chunk in made:
+                        yield index, chunk
                 done = True
                 return
             except RayActorError:

@@ -93,14 +93,6 @@ def _lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.is_file() else 0
 
 
-def _after_seconds(seconds: float) -> Callable[[], Kill]:
-    def make() -> Kill:
-        end = time.monotonic() + seconds
-        return lambda: time.monotonic() > end
-
-    return make
-
-
 def _once(measure: Callable[[], int], then: float) -> Callable[[], Kill]:
     """A kill `then` seconds after `measure()` (lines written, checkpoints saved) first grows in this attempt:
     in the middle of the work, not only during start-up."""
@@ -146,11 +138,12 @@ def test_eval_killed_at_random_moments_gives_the_uninterrupted_results(lab_model
     rng = random.Random(SEED)
     killed = tmp_path / "killed"
     log = killed / "samples.jsonl"
-    # one kill while the engine starts, then two once samples are being written, then run to the end
-    kills = [_after_seconds(rng.uniform(3, 20))] + [_once(lambda: _lines(log), rng.uniform(0, 0.5)) for _ in range(2)]
+    # two kills once samples are being written, then run to the end (a kill while the engine starts finds
+    # nothing on disk to lose: it costs CI an engine start and shows nothing more)
+    kills = [_once(lambda: _lines(log), rng.uniform(0, 0.5)) for _ in range(2)]
     samples_at_kills = _run_through_kills(args(killed), kills, lambda: _lines(log))
     total = 20 * 2 * 3
-    assert len(samples_at_kills) == 3, f"only {samples_at_kills} kills landed before the run finished"
+    assert len(samples_at_kills) == 2, f"only {samples_at_kills} kills landed before the run finished"
     mid_run = [count for count in samples_at_kills if 0 < count < total]
     assert len(set(mid_run)) >= 2, f"fewer than two kills landed at different points mid-run: {samples_at_kills}"
     _same_files(killed, tmp_path / "whole", ["results.json", "report.md"])
@@ -261,7 +254,7 @@ def test_shortest_and_dpo_killed_at_random_moments_give_the_uninterrupted_models
             pattern = f"runs/distill/lab-{method}-*/checkpoints/checkpoint-*/trainer_state.json"
             return max((int(path.parent.name.split("-")[1]) for path in killed.glob(pattern)), default=0)
 
-        kills = [_once(checkpoints, rng.uniform(0, 1.0)) for _ in range(2)]
+        kills = [_once(checkpoints, rng.uniform(0, 1.0))]  # in training, after a checkpoint
         if method == "shortest":
             kills.insert(0, _once(lambda: sum(_lines(p) for p in samples.glob("*.jsonl")), rng.uniform(0, 2)))
         at_kills = _run_through_kills(args(method, killed), kills, checkpoints, home=killed)
@@ -304,9 +297,8 @@ def test_rl_killed_at_random_moments_gives_the_uninterrupted_model(lab_models, t
     def started() -> int:  # the run directory exists once the engine is up and iteration 1 begins
         return _count("runs/rl/lab-rl-*/.lock", killed)
 
-    # during iteration 1, after checkpoint 1 (during iteration 2 or its validation), then while publishing
+    # during iteration 1, then after checkpoint 1 (during iteration 2 or its validation)
     kills = [_once(started, rng.uniform(5, 20)), _once(lambda: progress()[0], rng.uniform(0, 8))]
-    kills.append(_once(lambda: _count("runs/rl/lab-rl-*/iter-0002/state.json", killed), rng.uniform(0, 3)))
     at_kills = _run_through_kills(args(killed), kills, progress, home=killed)
     assert len(at_kills) >= 2 and len(set(at_kills)) >= 2, f"kills did not land at distinct points: {at_kills}"
     (whole_run,) = (whole / "runs" / "rl").glob("lab-rl-*")
