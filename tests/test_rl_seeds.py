@@ -13,7 +13,7 @@ import pytest
 from l2s.cards import read_card
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.seeds]  # `make test-rl-seeds`, not `make test` (see the Makefile)
 
 # 5 of the recipe's 16 iterations, 32 of its 64 problems each in minibatches of 4 (so each iteration takes as many
 # optimiser steps as the recipe's: with AdamW's moments kept, fewer steps shorten too little to measure); selection
