@@ -113,7 +113,7 @@ class Autoscaling(Strict):
     """Ray Serve's autoscaling of a variant's replicas: between `min_replicas` and `max_replicas`, aiming at
     `target_ongoing_requests` requests in each."""
 
-    min_replicas: int = Field(1, ge=0)
+    min_replicas: int = Field(1, ge=1, description="at least one: a variant with none would refuse every request")
     max_replicas: int = Field(ge=1)
     target_ongoing_requests: float = Field(16, gt=0)
 

@@ -119,27 +119,37 @@ class Ingress:
     def __init__(self, config: dict, handles: dict, calibration: Calibration | None, api_key: str | None):
         self.config = ServerConfig.model_validate(config)
         self.handles, self.calibration, self.api_key = handles, calibration, api_key
+        self.service = None
 
     def __serve_build_asgi_app__(self):
         from server.app import build_app
         from server.remote_engine import RemoteVariant
 
+        app_name = serve.get_replica_context().app_name  # (`serve run` and a RayService may name it otherwise)
         engines = {
-            variant.name: RemoteVariant(variant, self.handles[variant.name], APP_NAME)
+            variant.name: RemoteVariant(variant, self.handles[variant.name], app_name)
             for variant in self.config.variants
         }
         app = build_app(self.config, self.calibration, self.api_key, engines=engines)
-        # Ray Serve restarts what fails; a variant that cannot start fails its deployment (and `serve.run`)
-        app.state.service.on_fatal = lambda: None
+        self.service = app.state.service
+        self.service.on_fatal = lambda: None  # reported by `check_health`: Ray Serve replaces this replica
         return app
 
+    def check_health(self) -> None:
+        if self.service is not None and self.service.fatal:
+            raise RuntimeError(self.service.fatal)
 
-def replica_options(variant: VariantConfig) -> dict:
-    """Ray Serve's options for a variant's deployment, from its `ray:` settings."""
-    from l2s.generation import on_gpu
+
+def replica_options(variant: VariantConfig, grace_seconds: float = 10.0) -> dict:
+    """Ray Serve's options for a variant's deployment, from its `ray:` settings. Unset `num_gpus`: the engine's
+    tensor-parallel size if the cluster has GPUs now (set it explicitly where GPU nodes join later)."""
+    import ray as ray_
 
     ray = variant.ray
-    gpus = ray.num_gpus if ray.num_gpus is not None else (variant.engine.tensor_parallel_size if on_gpu() else 0)
+    gpus = ray.num_gpus
+    if gpus is None:
+        has_gpus = ray_.is_initialized() and ray_.cluster_resources().get("GPU", 0) > 0
+        gpus = variant.engine.tensor_parallel_size if has_gpus else 0
     options = {
         "name": variant.name,
         # the replica's engine runs max_num_seqs and queues max_waiting (the ingress admits no more); room for
@@ -148,7 +158,7 @@ def replica_options(variant: VariantConfig) -> dict:
         "ray_actor_options": {"num_cpus": ray.num_cpus, "num_gpus": gpus},
         "health_check_period_s": 2,
         "health_check_timeout_s": 30,
-        "graceful_shutdown_timeout_s": 10,
+        "graceful_shutdown_timeout_s": grace_seconds,  # requests in flight when a replica stops
     }
     if ray.autoscaling is not None:
         options["autoscaling_config"] = ray.autoscaling.model_dump()
@@ -166,7 +176,9 @@ def build_application(config: ServerConfig, calibration: Calibration | None = No
             "`l2s serve`, or merge them (`l2s distill ... --merge-adapter`)"
         )
     handles = {
-        variant.name: VariantReplica.options(**replica_options(variant)).bind(variant.model_dump(mode="json"))
+        variant.name: VariantReplica.options(**replica_options(variant, config.shutdown_grace_seconds)).bind(
+            variant.model_dump(mode="json")
+        )
         for variant in config.variants
     }
     # the ingress tokenizes and relays: a tenth of a CPU in Ray's accounting (it takes what it needs)
@@ -205,7 +217,9 @@ def serve_on_ray(
     def stop(*_):
         raise Stop
 
-    ray.init(address=address, include_dashboard=False)  # (joining a cluster: l2s installed on every node)
+    # "local": a new instance, never one RAY_ADDRESS or an earlier `ray start` points to (joining a cluster: l2s
+    # and vLLM installed on every node)
+    ray.init(address=address or "local", include_dashboard=False)
     # after ray.init, which installs a SIGTERM handler of its own (it would exit without deleting the app)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -222,7 +236,8 @@ def serve_on_ray(
             signal.signal(sig, handler)
         with contextlib.suppress(Exception):
             serve.delete(APP_NAME)
-            serve.shutdown()
+            if address is None:  # our own instance: stop Serve too (on a shared cluster, other apps keep running)
+                serve.shutdown()
         ray.shutdown()
 
 

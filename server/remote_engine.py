@@ -21,6 +21,7 @@ from server.errors import APIError
 
 logger = logging.getLogger("l2s.server")
 RETRIES = 3  # a request whose replica died before it produced anything goes to another replica, this many times
+REFRESH_SECONDS = 2.0  # how often the live replicas are counted
 
 
 class RemoteVariant(VariantEngine):
@@ -32,6 +33,7 @@ class RemoteVariant(VariantEngine):
         self.started = False
         self._vocab_size = 0
         self._counted = True  # the last refresh found the deployment
+        self._refreshed = float("-inf")  # when the controller was last asked
 
     # Ray Serve, not our watchdog, notices a dead replica (its health check) and starts another: a remote variant
     # is never "dead" to the watchdog; it is unavailable while it has no live replica.
@@ -77,11 +79,16 @@ class RemoteVariant(VariantEngine):
         self.started = True
 
     async def refresh(self) -> None:
-        """How many replicas of the deployment are running, from Ray Serve's controller."""
+        """How many replicas of the deployment are running, from Ray Serve's controller (asked every
+        `REFRESH_SECONDS`: the answer is the whole cluster's status, built by the controller each time)."""
         from ray import serve
 
+        now = asyncio.get_running_loop().time()
+        if now - self._refreshed < REFRESH_SECONDS:
+            return
+        self._refreshed = now
         try:
-            status = await asyncio.to_thread(serve.status)
+            status = await asyncio.wait_for(asyncio.to_thread(serve.status), 10)
             deployment = status.applications[self.app_name].deployments[self.name]
             self.live_replicas = deployment.replica_states.get("RUNNING", 0)
             self._counted = True
@@ -93,14 +100,17 @@ class RemoteVariant(VariantEngine):
     async def plan_sampling(self, params: GenerationParams, n: int = 1):
         """vLLM's sampling parameters, built and checked on a replica against its engine (ValueError: a 400)."""
         from ray.exceptions import RayActorError
+        from ray.serve.exceptions import RayServeException
 
         for attempt in range(RETRIES + 1):
             try:
                 checked = await self.handle.check.remote(params, n)
                 break
-            except RayActorError:  # the replica died: nothing was started, ask another
+            except RayActorError:  # the replica died or cannot be reached: a check starts nothing, ask another
                 if attempt == RETRIES:
                     raise self._unavailable() from None
+            except RayServeException:  # no replica to send it to (the deployment being deleted, say)
+                raise self._unavailable() from None
         if isinstance(checked, str):
             raise ValueError(checked)
         return checked
@@ -108,9 +118,12 @@ class RemoteVariant(VariantEngine):
     async def stream(
         self, request_id: str, prompt_ids: list[int], sampling, thinking_off: bool = False
     ) -> AsyncIterator[tuple[int, Chunk]]:
-        """The replica's (choice index, chunk)s. A replica that dies before the request produced anything costs the
-        request nothing: it is sent to another. One that dies mid-generation ends it with a 503 (retry)."""
-        from ray.exceptions import RayActorError, RayTaskError
+        """The replica's (choice index, chunk)s. A replica (or its engine) that dies before the request produced
+        anything costs the request nothing: it is sent to another. One that dies mid-generation ends it with a 503
+        (retry); so does a replica that cannot be reached but may be alive (sending the request elsewhere could
+        run it twice)."""
+        from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
+        from ray.serve.exceptions import RayServeException
 
         for attempt in range(RETRIES + 1):
             produced = done = False
@@ -122,14 +135,18 @@ class RemoteVariant(VariantEngine):
                         yield index, chunk
                 done = True
                 return
-            except RayActorError:
+            except ActorDiedError:
                 if produced or attempt == RETRIES:
                     raise self._unavailable() from None
                 logger.warning("variant %s: a replica died before request %s started; retrying", self.name, request_id)
             except RayTaskError as error:  # raised on the replica: its engine died, or the generation failed
-                if type(error.cause).__name__ == "EngineDeadError":
+                if type(error.cause).__name__ != "EngineDeadError":
+                    raise error.cause from None
+                if produced or attempt == RETRIES:
                     raise self._unavailable() from None
-                raise error.cause from None
+                logger.warning("variant %s: an engine died before request %s started; retrying", self.name, request_id)
+            except (RayActorError, RayServeException):  # unreachable, perhaps alive; or no replica to send it to
+                raise self._unavailable() from None
             finally:
                 if not done:  # a client that went away, or a failure: the replica aborts the generation
                     with contextlib.suppress(Exception):

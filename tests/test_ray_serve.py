@@ -82,8 +82,7 @@ def _metric(base_url: str, name: str, **labels: str) -> dict[tuple, float]:
 
 def test_the_single_process_checks_pass_on_ray(ray_client, ray_server, tokenizer):
     single_process.test_health_models_and_answer(ray_client, ray_server)
-    for budget in (0, 8):
-        single_process.test_budget_is_a_hard_cap_under_concurrency(ray_client, tokenizer, budget)
+    single_process.test_budget_is_a_hard_cap_under_concurrency(ray_client, tokenizer, 8)
     single_process.test_stream_and_whole_agree(ray_client)
     single_process.test_include_reasoning_false_hides_but_counts(ray_client)
     single_process.test_effort_levels_are_nested_and_auto_names_the_variant(ray_client)
@@ -128,6 +127,7 @@ def test_a_killed_replica_costs_only_its_running_requests(ray_server):
     failures = [outcome for outcome in outcomes if outcome != "ok"]
     print(f"killed a lab-long replica during 48 requests: {len(failures)} ended with a 503 or an error event")
     assert set(failures) <= {"503", "error event"}, failures
+    assert failures, "the kill ended no request: it landed after the burst (nothing was tested)"
     failed = {
         key: value - failed_before.get(key, 0)
         for key, value in _metric(ray_server, "l2s_replica_requests_total", variant="lab-long", status="503").items()
@@ -152,8 +152,6 @@ def test_a_killed_replica_costs_only_its_running_requests(ray_server):
     outcomes = asyncio.run(only_replica_killed())
     print("lab-short's only replica killed during 8 requests:", outcomes)
     assert set(outcomes) <= {"ok", "503", "error event"}, outcomes
-    (short,) = wait_for(lambda: _replica_pids("lab-short") - {short}, "a new lab-short replica", timeout=60)
-    psutil.Process(short).send_signal(signal.SIGKILL)
     health = wait_for(
         lambda: (r := httpx.get(f"{ray_server}/health")).status_code == 503 and r.json(), "health to say so", timeout=60
     )
