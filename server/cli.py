@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         from server.ray_serve import serve_on_ray
 
         try:
-            serve_on_ray(config, calibration, api_key, None if args.ray == "local" else args.ray, args.host, args.port)
+            serve_on_ray(config, calibration, api_key, args.ray, args.host, args.port)
         except ValueError as error:
             raise SystemExit(f"l2s serve --ray: {error}") from None
         return 0

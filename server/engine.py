@@ -146,7 +146,7 @@ class VariantEngine:
             if variant is self:
                 break
             before += variant.in_flight
-        return max(0, min(self.in_flight, host.variant.engine.max_num_seqs - before))
+        return max(0, min(self.in_flight, host.variant.engine.max_num_seqs * host.copies - before))
 
     @property
     def waiting(self) -> int:
@@ -154,8 +154,15 @@ class VariantEngine:
 
     @property
     def capacity(self) -> int:
-        """Sequences admitted at most, over every variant on the engine: running in it, plus waiting for a slot."""
-        return self.host.variant.engine.max_num_seqs + self.host.variant.max_waiting
+        """Sequences admitted at most, over every variant on the engine: running in it, plus waiting for a slot
+        (the config's figures are per engine: times the engines serving the variant)."""
+        host = self.host
+        return (host.variant.engine.max_num_seqs + host.variant.max_waiting) * host.copies
+
+    @property
+    def copies(self) -> int:
+        """How many engines serve this variant: one here; a Ray Serve deployment's live replicas (remote_engine)."""
+        return 1
 
     def reserve(self, sequences: int) -> bool:
         """Admit a request of `sequences` choices if the engine's slots and queue have room for them all."""
@@ -178,13 +185,14 @@ class VariantEngine:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._tokenizer_thread, self.prompt_ids, messages, template_kwargs)
 
-    def detect_format(self) -> ReasoningFormat:
-        """The variant's reasoning format, from its config and its tokenizer (ValueError: refused at startup)."""
+    def detect_format(self, tokenizer=None) -> ReasoningFormat:
+        """The variant's reasoning format, from its config and its tokenizer (loaded here unless given;
+        ValueError: refused at startup)."""
         from transformers import AutoTokenizer
 
         wanted = self.variant.reasoning
         markers = ReasoningMarkers(wanted.start, wanted.end) if wanted.start else None
-        tokenizer = AutoTokenizer.from_pretrained(self.variant.path)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(self.variant.path)
         try:
             return detect_format(tokenizer, markers, wanted.start_in_prompt, wanted.enabled)
         except ValueError as error:

@@ -45,12 +45,8 @@ class VariantReplica:
         logger.info("variant %s: replica %s ready (pid %d)", config.name, self.replica, os.getpid())
 
     def describe(self) -> dict:
-        return {
-            "max_model_len": self.engine.max_model_len,
-            "vocab_size": self.engine.vocab_size,
-            "replica": self.replica,
-            "pid": os.getpid(),
-        }
+        """What the ingress needs of the engine to plan requests."""
+        return {"max_model_len": self.engine.max_model_len, "vocab_size": self.engine.vocab_size}
 
     def check(self, params, n: int):
         """vLLM's sampling parameters for a request, or what is wrong with them (a string: the ingress's 400)."""
@@ -199,13 +195,13 @@ def serve_on_ray(
     config: ServerConfig,
     calibration: Calibration | None,
     api_key: str | None,
-    address: str | None,
+    address: str,
     host: str,
     port: int,
 ) -> None:
-    """Start a local Ray instance (or join the cluster at `address`), deploy, and serve until SIGTERM/SIGINT
-    (one arriving while the replicas load stops too); then delete the application — Ray Serve lets each replica
-    finish its requests for its grace period — and stop Ray. A second signal stops at once."""
+    """Start a local Ray instance (`address` "local") or join the cluster at `address`, deploy, and serve until
+    SIGTERM/SIGINT (one arriving while the replicas load stops too); then delete the application — Ray Serve lets
+    each replica finish its requests for its grace period — and stop Ray. A second signal stops at once."""
     import signal
     import time
 
@@ -219,7 +215,7 @@ def serve_on_ray(
 
     # "local": a new instance, never one RAY_ADDRESS or an earlier `ray start` points to (joining a cluster: l2s
     # and vLLM installed on every node)
-    ray.init(address=address or "local", include_dashboard=False)
+    ray.init(address=address, include_dashboard=False)
     # after ray.init, which installs a SIGTERM handler of its own (it would exit without deleting the app)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -236,7 +232,7 @@ def serve_on_ray(
             signal.signal(sig, handler)
         with contextlib.suppress(Exception):
             serve.delete(APP_NAME)
-            if address is None:  # our own instance: stop Serve too (on a shared cluster, other apps keep running)
+            if address == "local":  # our own instance: stop Serve too (on a shared cluster, other apps keep running)
                 serve.shutdown()
         ray.shutdown()
 

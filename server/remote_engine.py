@@ -52,14 +52,9 @@ class RemoteVariant(VariantEngine):
         return "restarting" if self.started else "loading"
 
     @property
-    def capacity(self) -> int:
-        """Every live replica's engine slots and queue (the config's are per engine)."""
-        settings = self.variant
-        return max(1, self.live_replicas) * (settings.engine.max_num_seqs + settings.max_waiting)
-
-    @property
-    def running(self) -> int:
-        return min(self.in_flight, max(1, self.live_replicas) * self.variant.engine.max_num_seqs)
+    def copies(self) -> int:
+        """Admission counts every live replica's engine slots and queue."""
+        return max(1, self.live_replicas)
 
     @property
     def vocab_size(self) -> int:
@@ -70,9 +65,9 @@ class RemoteVariant(VariantEngine):
         vocabulary from the first replica that answers, once its engine is up."""
         from transformers import AutoTokenizer
 
-        self.format = await asyncio.to_thread(self.detect_format)
-        self.check_tool_parser()
         self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self.variant.path)
+        self.format = self.detect_format(self.tokenizer)
+        self.check_tool_parser()
         described = await self.handle.describe.remote()
         self.max_model_len, self._vocab_size = described["max_model_len"], described["vocab_size"]
         await self.refresh()
