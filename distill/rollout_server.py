@@ -26,7 +26,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from l2s.distributed import barrier, is_main
-from l2s.generation import EngineSettings, cpu_scheduling, engine_dtype, model_max_length, on_gpu
+from l2s.generation import (
+    EngineSettings,
+    cpu_engine_environment,
+    cpu_scheduling,
+    engine_dtype,
+    model_max_length,
+    on_gpu,
+)
 from l2s.inplace_reload import WORKER_EXTENSION
 
 
@@ -50,6 +57,7 @@ def server_command(model: str, port: int, host: str, settings: EngineSettings) -
     if on_gpu():
         command += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
         command += ["--tensor-parallel-size", str(settings.tensor_parallel_size)]
+    cpu_engine_environment(in_process=False)  # (the server's engine core is a process of its own regardless)
     env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_gib)}
     return command, env
 

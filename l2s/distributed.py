@@ -43,6 +43,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched_processes() -> bool:
+    """Whether a launcher (accelerate, torchrun) started this process as one of a group."""
+    return "WORLD_SIZE" in os.environ or "RANK" in os.environ
+
+
 @contextmanager
 def one_process_engine() -> Iterator[None]:
     """While a vLLM engine starts in one process of a multi-process run: hide the launcher's variables, so that the

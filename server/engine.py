@@ -18,7 +18,14 @@ from typing import Any
 from l2s.adapters import adapter_rank, lora_request, vllm_max_rank
 from l2s.cpu_lora_fix import check_cpu_lora_fix
 from l2s.formats import PLAIN, ReasoningFormat, detect_format
-from l2s.generation import cpu_scheduling, engine_dtype, model_max_length, on_gpu, reasoning_config
+from l2s.generation import (
+    cpu_engine_environment,
+    cpu_scheduling,
+    engine_dtype,
+    model_max_length,
+    on_gpu,
+    reasoning_config,
+)
 from l2s.reasoning import PlainStream, ReasoningMarkers, ReasoningStream
 from server.config import VariantConfig
 
@@ -209,6 +216,7 @@ class VariantEngine:
         settings = self.variant.engine
         # The engine's worker process is spawned now and reads these from the environment it inherits.
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
+        cpu_engine_environment(in_process=False)
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = settings.cpu_threads_bind or str(
             self.position % (os.cpu_count() or 1)
         )
