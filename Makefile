@@ -9,7 +9,7 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "
 
 .PHONY: setup deps browser playground-screenshots lab serve test test-fast test-rl-seeds lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-merge-sweep lab-eval bench loadtest \
 	lab-seeds lab-rl-seeds lab-shortest-seeds lab-dpo-seeds lab-rl-other-lab \
-	lab-lora lab-shortest-lora lab-dpo-lora lab-rl-lora lab-lora-eval bench-lora bench-ray
+	lab-lora lab-shortest-lora lab-dpo-lora lab-rl-lora lab-lora-eval bench-lora bench-ray bench-engine-start
 
 setup: $(VENV)/.deps-installed lab browser
 
@@ -138,6 +138,10 @@ bench: setup
 bench-ray: setup
 	$(BIN)/python clients/bench_ray.py --model $(MODELS)/lab-long --concurrency 32 --requests 64 --rounds 2 \
 		--out results/bench-ray
+
+# Offline engine start-up and generation speed on the CPU: vLLM's defaults against cpu_engine_environment's.
+bench-engine-start: setup
+	$(BIN)/python clients/bench_engine_start.py --model $(MODELS)/lab-long --out results/bench-engine-start
 
 loadtest: setup
 	$(BIN)/l2s loadtest --spawn --users 16 --spawn-rate 4 --duration 60s --out results/loadtest

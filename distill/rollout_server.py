@@ -57,7 +57,7 @@ def server_command(model: str, port: int, host: str, settings: EngineSettings) -
     if on_gpu():
         command += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
         command += ["--tensor-parallel-size", str(settings.tensor_parallel_size)]
-    cpu_engine_environment(in_process=False)  # (the server's engine core is a process of its own regardless)
+    cpu_engine_environment()
     env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_gib)}
     return command, env
 

@@ -179,6 +179,7 @@ def run_offline(settings: EvalSettings, samples_path: Path) -> None:
                         out.flush()
             finally:
                 close_engine(engine)
+                del engine  # (an in-process engine's weights go with the last reference, before the next model's)
     progress.close()
 
 

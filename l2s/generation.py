@@ -4,14 +4,15 @@ This is the one place outside `server/` that touches vLLM. The lab build, the ev
 every distill method generate through it, so a budget means the same thing everywhere: vLLM's own
 `thinking_token_budget`, which forces `</think>` when the reasoning reaches the cap.
 
-Engines start worker processes with spawn: call `open_engine` from code that runs under
-`if __name__ == "__main__":` (the `l2s` command does).
+On a GPU (and under a multi-process launcher) engines start worker processes with spawn: call `open_engine` from
+code that runs under `if __name__ == "__main__":` (the `l2s` command does). On the CPU they run in-process.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings
     fmt = detect_format(AutoTokenizer.from_pretrained(model_dir))
     gpu = on_gpu()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
-    cpu_engine_environment(in_process=True)
+    cpu_engine_environment()
     from vllm import LLM  # imported here: importing vLLM is slow and most commands do not need it
 
     max_model_len = settings.max_model_len or model_max_length(model_dir)
@@ -103,7 +104,8 @@ def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings
         hardware["tensor_parallel_size"] = settings.tensor_parallel_size
     else:
         hardware = cpu_scheduling(max_model_len or 8192)
-    with one_process_engine():  # under `accelerate launch`: this engine is one process's own, not the trainers'
+    # under `accelerate launch`: this engine is one process's own, not the trainers'; alone on the CPU: in-process
+    with one_process_engine(), in_process_on_cpu():
         engine = LLM(
             model=str(model_dir),
             dtype=engine_dtype(settings.dtype),
@@ -145,25 +147,31 @@ def engine_format(engine) -> ReasoningFormat:
     return fmt
 
 
-def cpu_engine_environment(in_process: bool) -> None:
-    """Two settings that make vLLM's CPU build start faster, set before an engine is made (a user's own values
-    in the environment win; on a GPU nothing changes):
+def cpu_engine_environment() -> None:
+    """VLLM_USE_AOT_COMPILE=0 on the CPU, set before an engine is made (a user's own value wins): vllm-cpu 0.32
+    cannot load the AOT-compiled model it saved ("'function' object has no attribute 'finalize_loading'") and
+    compiles it afresh at every start (~10 s here); without AOT it uses torch's compile cache, which loads
+    (engine warm-up 13 s -> 5 s)."""
+    if not on_gpu():
+        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
 
-    - VLLM_USE_AOT_COMPILE=0: vllm-cpu 0.32 cannot load the AOT-compiled model it saved ("'function' object has
-      no attribute 'finalize_loading'") and compiles it afresh at every start (~10 s here); without AOT it uses
-      torch's compile cache, which loads (engine warm-up 13 s -> 5 s).
-    - VLLM_ENABLE_V1_MULTIPROCESSING=0 for an offline engine (`in_process`): the engine core and its worker run
-      in this process instead of two spawned ones that each import vLLM again: `l2s eval --offline` of two
-      problems took 67 s and takes 27, and 1,600 samples generate at 28/s instead of 17 (2 cores: three busy
-      processes contend for them). Not under a multi-process launcher, where an engine in the trainer's process
-      would join the trainers' torch.distributed world, and not for the server, whose event loop must not run
-      the engine's steps.
-    """
-    if on_gpu():
+
+@contextmanager
+def in_process_on_cpu() -> Iterator[None]:
+    """While an offline engine is built on the CPU: VLLM_ENABLE_V1_MULTIPROCESSING=0, so its engine core and worker
+    run in this process instead of two spawned ones that each import vLLM again (`l2s eval --offline` of two
+    problems: 67 s -> 27 s; 1,600 samples at 28/s instead of 17 on 2 cores, where three busy processes contend).
+    vLLM reads it only while building, and it is removed after, so no later child process (a launcher's trainers,
+    a server) inherits it. Not under a multi-process launcher (an engine in a trainer's process would join the
+    trainers' torch.distributed world), not on a GPU, and not when the environment already says."""
+    if on_gpu() or launched_processes() or "VLLM_ENABLE_V1_MULTIPROCESSING" in os.environ:
+        yield
         return
-    os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
-    if in_process and not launched_processes():
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
 
 
 def cpu_scheduling(max_model_len: int) -> dict:
@@ -296,7 +304,9 @@ def _sampled_logprob(choice) -> float:
 
 
 def close_engine(engine) -> None:
-    """Stop the engine's worker processes now (left to `__del__` they print a traceback at exit)."""
+    """Stop the engine now: its worker processes, or in-process its KV cache and torch.distributed group (left to
+    `__del__` a multi-process engine prints a traceback at exit). The caller drops its reference after, so that
+    the model's weights go too."""
     shutdown = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
     if shutdown is not None and hasattr(shutdown, "shutdown"):
         shutdown.shutdown()

@@ -216,7 +216,7 @@ class VariantEngine:
         settings = self.variant.engine
         # The engine's worker process is spawned now and reads these from the environment it inherits.
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
-        cpu_engine_environment(in_process=False)
+        cpu_engine_environment()
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = settings.cpu_threads_bind or str(
             self.position % (os.cpu_count() or 1)
         )

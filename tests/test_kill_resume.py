@@ -43,7 +43,7 @@ def _run(args: list[str], kill: Kill | None = None, home: Path | None = None, co
         if kill is not None and kill():
             _kill_all(process.pid)
             process.wait()
-            time.sleep(1)  # let the killed engine processes be reaped
+            time.sleep(1)  # let the killed processes (a launcher's workers, engine processes) be reaped
             return None
         time.sleep(0.05)
     assert process.poll() is not None, "the command did not finish in 15 minutes"

@@ -117,8 +117,16 @@ def test_a_killed_replica_costs_only_its_running_requests(ray_server):
 
     async def burst():
         async with httpx.AsyncClient(base_url=ray_server, timeout=120) as http:
-            requests = [asyncio.create_task(_request(http, i, model="lab-long", tokens=300)) for i in range(48)]
-            await asyncio.sleep(1.5)
+            started: list[int] = []  # the streamed requests generating on a replica
+            requests = [
+                asyncio.create_task(_request(http, i, model="lab-long", tokens=300, started=started)) for i in range(48)
+            ]
+            # half of the 24 streams running: both replicas are generating (a kill before the victim produced
+            # anything costs nothing: those requests are retried on the other replica, and nothing is tested)
+            for _ in range(600):
+                if len(started) >= 12:
+                    break
+                await asyncio.sleep(0.1)
             psutil.Process(victim).send_signal(signal.SIGKILL)
             return await asyncio.wait_for(asyncio.gather(*requests), 180)
 
@@ -168,17 +176,24 @@ async def _one(base_url: str, model: str) -> str:
 
 
 async def _request(
-    http: httpx.AsyncClient, i: int, model: str | None = None, tokens: int = 120, ignore_eos: bool = False
+    http: httpx.AsyncClient,
+    i: int,
+    model: str | None = None,
+    tokens: int = 120,
+    ignore_eos: bool = False,
+    started: list[int] | None = None,
 ) -> str:
     """One chat completion, streamed when i is odd: "ok" (a whole answer), "503" (with Retry-After), "error event"
-    (then [DONE]) or what else happened."""
+    (then [DONE]) or what else happened. A stream's `i` is added to `started` at its first generated event."""
     try:
-        return await _request_once(http, i, model, tokens, ignore_eos)
+        return await _request_once(http, i, model, tokens, ignore_eos, started if started is not None else [])
     except httpx.HTTPError as error:
         return f"{type(error).__name__}: {error}"
 
 
-async def _request_once(http: httpx.AsyncClient, i: int, model: str | None, tokens: int, ignore_eos: bool) -> str:
+async def _request_once(
+    http: httpx.AsyncClient, i: int, model: str | None, tokens: int, ignore_eos: bool, started: list[int]
+) -> str:
     body = {
         "model": model or ["lab-long", "lab-short", "auto"][i % 3],
         "messages": [{"role": "user", "content": f"What is {10 + i % 50}+{i % 7}+{3 + i % 11}?"}],
@@ -196,7 +211,12 @@ async def _request_once(http: httpx.AsyncClient, i: int, model: str | None, toke
         async with http.stream("POST", "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
                 return str(response.status_code)
-            events = [line[6:] async for line in response.aiter_lines() if line.startswith("data: ")]
+            events = []
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    if len(events) == 2:  # (the first is the role chunk, sent before the engine starts)
+                        started.append(i)
         if events[-1] != "[DONE]":
             return "no [DONE]"
         if any("error" in json.loads(event) for event in events[:-1]):
