@@ -161,10 +161,10 @@ def in_process_on_cpu() -> Iterator[None]:
     """While an offline engine is built on the CPU: VLLM_ENABLE_V1_MULTIPROCESSING=0, so its engine core and worker
     run in this process instead of two spawned ones that each import vLLM again (`make bench-engine-start`, 2 cores:
     `l2s eval --offline` of two problems 67 s -> 30 s, and 42 samples/s instead of 30: no three busy processes
-    contending for two cores).
-    vLLM reads it only while building, and it is removed after, so no later child process (a launcher's trainers,
-    a server) inherits it. Not under a multi-process launcher (an engine in a trainer's process would join the
-    trainers' torch.distributed world), not on a GPU, and not when the environment already says."""
+    contending for two cores). vLLM reads it only while building, and it is removed after, so no later child
+    process (a launcher's trainers, a server) inherits it. Not under a multi-process launcher (an engine in a
+    trainer's process would join the trainers' torch.distributed world), not on a GPU, and not when the environment
+    already says."""
     if on_gpu() or launched_processes() or "VLLM_ENABLE_V1_MULTIPROCESSING" in os.environ:
         yield
         return

@@ -199,7 +199,8 @@ class VariantEngine:
 
         wanted = self.variant.reasoning
         markers = ReasoningMarkers(wanted.start, wanted.end) if wanted.start else None
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(self.variant.path)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(self.variant.path)
         try:
             return detect_format(tokenizer, markers, wanted.start_in_prompt, wanted.enabled)
         except ValueError as error:
