@@ -139,7 +139,7 @@ bench-ray: setup
 	$(BIN)/python clients/bench_ray.py --model $(MODELS)/lab-long --concurrency 32 --requests 64 --rounds 2 \
 		--out results/bench-ray
 
-# Offline engine start-up and generation speed on the CPU: vLLM's defaults against cpu_engine_environment's.
+# Offline engine start-up and generation speed on the CPU: vLLM's defaults against long2short's (in-process, no AOT).
 bench-engine-start: setup
 	$(BIN)/python clients/bench_engine_start.py --model $(MODELS)/lab-long --out results/bench-engine-start
 

@@ -1,6 +1,7 @@
 """How long an offline vLLM engine takes to start on the CPU, and how fast it then generates, with vLLM's own
 defaults (engine core and worker as two spawned processes, AOT compilation on) against long2short's
-(`l2s.generation.cpu_engine_environment`: the engine in the command's process, AOT compilation off).
+(`l2s.generation.in_process_on_cpu`: the engine in the command's process; `cpu_engine_environment`: AOT
+compilation off).
 
     python clients/bench_engine_start.py --model models/lab-long [--problems 200] [--samples 4] --out DIR
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 SETTINGS = {
     "vllm-defaults": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_USE_AOT_COMPILE": "1"},
-    "long2short": {},  # what cpu_engine_environment sets when the environment does not
+    "long2short": {},  # what in_process_on_cpu and cpu_engine_environment set when the environment does not
 }
 
 

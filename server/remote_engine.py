@@ -66,7 +66,7 @@ class RemoteVariant(VariantEngine):
         from transformers import AutoTokenizer
 
         self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self.variant.path)
-        self.format = self.detect_format(self.tokenizer)
+        self.format = await asyncio.to_thread(self.detect_format, self.tokenizer)  # (renders the template)
         self.check_tool_parser()
         described = await self.handle.describe.remote()
         self.max_model_len, self._vocab_size = described["max_model_len"], described["vocab_size"]
