@@ -87,6 +87,13 @@ class RLRecipe(LoraRecipe, TaskRecipe):
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (memory)")
     curriculum: bool = Field(True, description="open difficulty levels from easy to hard over the first half")
     prioritized: bool = Field(True, description="draw problems by 1 - running success rate")
+    level_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of each iteration's draws that goes to difficulty levels in proportion to their failure "
+        "rate in the last iteration's samples (the rest as without it): more samples where the errors are",
+    )
     pool_size: int = Field(4000, ge=1, description="training problems to draw from")
     partial_rollouts: bool = Field(False, description="continue long responses over iterations")
     rollout_tokens: int = Field(128, ge=1, description="with partial rollouts: tokens per response per iteration")
@@ -170,7 +177,8 @@ def choose_problems(
     """Curriculum: levels open up from easy to hard over the first half of the run, so the second half trains
     on all of them (a policy shortened on the easiest level alone learns to stop after its one step, which
     then costs accuracy on longer sums). Prioritised: draw without replacement with probability
-    ∝ 1 − running success rate (unseen problems count as 0.5)."""
+    ∝ 1 − running success rate (unseen problems count as 0.5); with `level_share`, part of the draw goes to the
+    levels that failed most in the last iteration."""
     candidates = pool
     if recipe.curriculum:
         levels = sorted({p.level for p in pool})
@@ -180,12 +188,13 @@ def choose_problems(
     busy = {rollout["problem_id"] for rollout in state.pending}
     candidates = [p for p in candidates if p.id not in busy]
     wanted = min(recipe.problems_per_iteration, len(candidates))
-    if not recipe.prioritized:
+    if not recipe.prioritized and not recipe.level_share:
         return rng.sample(candidates, wanted)
     weights = []
     for problem in candidates:
         wins, tries = state.success.get(problem.id, [0.0, 0.0])
-        weights.append(max(1e-3, 1 - (wins / tries if tries else 0.5)))
+        weights.append(max(1e-3, 1 - (wins / tries if tries else 0.5)) if recipe.prioritized else 1.0)
+    weights = with_level_share(weights, candidates, recipe.level_share, state)
     chosen = []
     for _ in range(wanted):  # weighted sampling without replacement (Efraimidis–Spirakis keys)
         keys = [rng.random() ** (1 / w) for w in weights]
@@ -193,6 +202,26 @@ def choose_problems(
         chosen.append(candidates.pop(index))
         weights.pop(index)
     return chosen
+
+
+def with_level_share(weights: list[float], candidates: list[TaskProblem], share: float, state: RunState) -> list[float]:
+    """`weights` (each problem's own) mixed with a level term that puts `share` of the total on the difficulty
+    levels in proportion to their failure rate in the last iteration's samples. A pool rarely draws a problem
+    twice, so a problem's own success rate says little; its level's says where the errors are (on the lab:
+    4-term sums, which lose accuracy as traces shorten while 2-term sums never do)."""
+    failures = (state.history[-1].get("accuracy_by_level") if state.history else None) or {}
+    failures = {level: 1 - accuracy for level, accuracy in failures.items()}
+    if not share:
+        return weights
+    sizes: dict[str, int] = {}
+    for problem in candidates:
+        sizes[problem.level] = sizes.get(problem.level, 0) + 1
+    level_total = sum(failures.get(level, 0.0) for level in sizes)  # (0: no failure among the open levels)
+    if not level_total:
+        return weights
+    # the level term's total against the own weights': share to 1 - share
+    scale = sum(weights) * share / (1 - share) / level_total
+    return [w + scale * failures.get(p.level, 0.0) / sizes[p.level] for w, p in zip(weights, candidates)]
 
 
 # --- sampling from π_θi ----------------------------------------------------------------------------------------
@@ -369,6 +398,16 @@ def train_iteration(
         "kl_term": recipe.tau * sum(x * x for x in log_ratios) / len(log_ratios) / 2,
         "mean_reward": sum(b[2] for b in batch) / len(batch),
     }
+
+
+def accuracy_by_level(groups: list[list[dict]], levels: dict[str, str]) -> dict[str, float]:
+    """The sample accuracy of each difficulty level among this iteration's groups."""
+    tally: dict[str, list[int]] = {}
+    for group in groups:
+        record = tally.setdefault(levels[group[0]["problem_id"]], [0, 0])
+        record[0] += sum(r["correct"] for r in group)
+        record[1] += len(group)
+    return {level: wins / tries for level, (wins, tries) in sorted(tally.items())}
 
 
 def rollouts_of(groups: list[list[dict]]) -> list[dict]:
@@ -558,6 +597,8 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
     except ValueError as error:
         raise SystemExit(f"task: {error}") from None
 
+    levels = {problem.id: problem.level for problem in pool}
+
     def validate_if_due() -> None:
         """Score the engine's weights (= the policy after `state.iteration` iterations) if the schedule asks and
         this iteration has no score yet — also after a resume from a checkpoint killed before its score landed."""
@@ -623,6 +664,7 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
                 "problems": len(groups),
                 "length_weight": length_weight,
                 "accuracy": sum(r["correct"] for r in samples) / max(1, len(samples)),
+                "accuracy_by_level": accuracy_by_level(groups, levels),
                 "mean_length": sum(r["length"] for r in samples) / max(1, len(samples)),
                 # how much the k samples of a problem differ in length: the length reward's signal
                 "mean_length_spread": sum(max(r["length"] for r in g) - min(r["length"] for r in g) for g in groups)

@@ -158,3 +158,25 @@ def test_micro_batches_accumulate_to_the_minibatch_step():
         assert torch.allclose(whole, accumulated, atol=1e-6)
         moved |= not torch.equal(whole, original)
     assert moved
+
+
+def test_level_share_draws_more_problems_where_the_last_iteration_failed():
+    import random
+
+    from distill.rl import RLRecipe, RunState, choose_problems
+    from l2s.tasks import load_task
+
+    pool = load_task("lab", split="train", count=900, seed=1)
+    recipe = RLRecipe(model="m", problems_per_iteration=60, curriculum=False, level_share=0.5)
+    state = RunState(history=[{"accuracy_by_level": {"1": 1.0, "2": 1.0, "3": 0.9}}])
+
+    def level_3_count(recipe) -> int:
+        return sum(p.level == "3" for p in choose_problems(list(pool), recipe, state, random.Random(0)))
+
+    assert level_3_count(recipe.model_copy(update={"level_share": 0.0})) < 30  # a third, give or take
+    assert level_3_count(recipe) > 35  # half of the draw goes to level 3, the only one that failed
+    assert level_3_count(recipe.model_copy(update={"prioritized": False})) > 35
+    # no failures last iteration (or no last iteration): the level term is left out
+    assert choose_problems(list(pool), recipe, RunState(), random.Random(0)) == choose_problems(
+        list(pool), recipe.model_copy(update={"level_share": 0.0}), RunState(), random.Random(0)
+    )
