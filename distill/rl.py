@@ -627,7 +627,9 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
         engine = RemoteEngine(recipe.rollout_server, start_from or recipe.model_path)
         reload_engine_weights(engine, start_from or recipe.model_path)
     elif recipe.lora:  # the start model's weights stay in the engine; each checkpoint's adapter is applied to them
-        engine = open_engine(recipe.model_path, engine_settings, max_lora_rank=recipe.lora_rank)
+        targets = unwrapped(model).peft_config["default"].target_modules  # (peft's: names, or one regex)
+        targets = None if isinstance(targets, str) else sorted({name.rsplit(".", 1)[-1] for name in targets})
+        engine = open_engine(recipe.model_path, engine_settings, recipe.lora_rank, lora_target_modules=targets)
         if start_from:
             refresh_engine(engine, start_from, recipe, state.iteration)
     else:

@@ -39,6 +39,20 @@ def adapter_rank(path: str | Path) -> int:
     return max([int(config.get("r", 8)), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
 
 
+def adapter_target_modules(paths: list[str | Path]) -> list[str] | None:
+    """The module names (last name part, as vLLM's `lora_target_modules` takes them) that any of the adapters
+    adapts; None when one of them names its targets by a pattern (peft allows a regex string), which vLLM
+    cannot restrict to. Restricting an engine to them saves the LoRA work on every other layer and lets the CPU
+    build keep torch.compile (l2s/cpu_lora_compiled.py)."""
+    names: set[str] = set()
+    for path in paths:
+        targets = _config(path).get("target_modules")
+        if not isinstance(targets, list) or not targets:
+            return None
+        names.update(str(target).rsplit(".", 1)[-1] for target in targets)
+    return sorted(names)
+
+
 def vllm_max_rank(ranks: list[int]) -> int:
     """The smallest `max_lora_rank` vLLM accepts that holds every one of `ranks`."""
     need = max(ranks, default=1)

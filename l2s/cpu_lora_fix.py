@@ -81,3 +81,6 @@ def register() -> None:
             op = getattr(module, name, None)
             if op is not None and not getattr(op, "_l2s_fixed", False):
                 setattr(module, name, wrap(op))
+    from l2s import cpu_lora_compiled
+
+    cpu_lora_compiled.register()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from l2s.adapters import adapter_base, adapter_rank, is_adapter, lora_request, vllm_max_rank
+from l2s.adapters import adapter_base, adapter_rank, adapter_target_modules, is_adapter, lora_request, vllm_max_rank
 from l2s.distributed import launched_processes, one_process_engine
 from l2s.formats import ReasoningFormat, detect_format, split_completion
 from l2s.inplace_reload import WORKER_EXTENSION
@@ -78,11 +78,16 @@ class Sample:
     logprob: float | None = None  # with `logprobs=True`: log π of the sampled tokens (eos included), per the engine
 
 
-def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings(), max_lora_rank: int | None = None):
+def open_engine(
+    model_dir: str | Path,
+    settings: EngineSettings = EngineSettings(),
+    max_lora_rank: int | None = None,
+    lora_target_modules: list[str] | None = None,
+):
     """A `vllm.LLM` for `model_dir` (a directory or a hub id) with the model's reasoning markers configured (so
     budgets work); a model without reasoning markers gets none. For a LoRA adapter: its base's engine, and
     `generate` applies the adapter. `max_lora_rank`: room for adapters of that rank, applied by `use_adapter`
-    (RL with LoRA)."""
+    (RL with LoRA), on the modules named by `lora_target_modules` (default: every module LoRA supports)."""
     from transformers import AutoTokenizer
 
     from l2s.models import resolve_model
@@ -92,6 +97,14 @@ def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings
     if is_adapter(model_dir):  # the base's engine, with the adapter applied to every request
         adapter, model_dir = model_dir, resolve_model(adapter_base(model_dir))
         max_lora_rank = max(max_lora_rank or 1, adapter_rank(adapter))
+        lora_target_modules = adapter_target_modules([adapter])
+    lora_settings = {}
+    if max_lora_rank:  # (LoRA layers only on the adapted modules: less work, and compiled on the CPU)
+        lora_settings = {
+            "enable_lora": True,
+            "max_lora_rank": vllm_max_rank([max_lora_rank]),
+            "lora_target_modules": lora_target_modules,
+        }
     fmt = detect_format(AutoTokenizer.from_pretrained(model_dir))
     gpu = on_gpu()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
@@ -115,7 +128,7 @@ def open_engine(model_dir: str | Path, settings: EngineSettings = EngineSettings
             reasoning_config=reasoning_config(fmt),
             enable_prefix_caching=True,
             worker_extension_cls=WORKER_EXTENSION,  # lets RL load each new policy in place (l2s/inplace_reload.py)
-            **({"enable_lora": True, "max_lora_rank": vllm_max_rank([max_lora_rank])} if max_lora_rank else {}),
+            **lora_settings,
             **hardware,
         )
     engine._l2s_format = fmt  # what `engine_format` hands out: detected once, before the engine was built

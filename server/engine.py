@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from l2s.adapters import adapter_rank, lora_request, vllm_max_rank
+from l2s.adapters import adapter_rank, adapter_target_modules, lora_request, vllm_max_rank
 from l2s.cpu_lora_fix import check_cpu_lora_fix
 from l2s.formats import PLAIN, ReasoningFormat, detect_format
 from l2s.generation import (
@@ -257,8 +257,15 @@ class VariantEngine:
         if not on_gpu():
             check_cpu_lora_fix()
         settings = self.variant.engine
-        rank = settings.max_lora_rank or vllm_max_rank([adapter_rank(a.variant.path) for a in self.adapters])
-        return {"enable_lora": True, "max_loras": settings.max_loras or len(self.adapters), "max_lora_rank": rank}
+        paths = [a.variant.path for a in self.adapters]
+        rank = settings.max_lora_rank or vllm_max_rank([adapter_rank(path) for path in paths])
+        return {
+            "enable_lora": True,
+            "max_loras": settings.max_loras or len(self.adapters),
+            "max_lora_rank": rank,
+            # LoRA layers only where an adapter has weights (and, on the CPU, compiled: l2s/cpu_lora_compiled.py)
+            "lora_target_modules": adapter_target_modules(paths),
+        }
 
     def check_tool_parser(self) -> None:
         """A variant's `tool_parser` must be one of vLLM's (ValueError: refused at startup)."""

@@ -60,3 +60,48 @@ def test_lora_serving_settings_are_checked(monkeypatch):
     monkeypatch.setenv("VLLM_PLUGINS", "some_other_plugin")
     with pytest.raises(ValueError, match="add it to VLLM_PLUGINS"):
         check_cpu_lora_fix()
+
+
+def test_compiled_cpu_lora_wrapper_matches_per_token_lora_with_base_tokens_left_alone():
+    """The branch-free wrapper (l2s/cpu_lora_compiled.py) against y += scale · (x · A[slot]ᵀ) · B[slot]ᵀ per token,
+    slot -1 meaning no adapter, over two slices of different widths (as in a packed qkv or gate_up layer)."""
+    from l2s.cpu_lora_compiled import CompiledPunicaWrapperCPU
+
+    torch.manual_seed(0)
+    tokens, hidden, rank, slices = 5, 6, 2, (4, 3)
+    wrapper = CompiledPunicaWrapperCPU(max_num_batched_tokens=16, max_batches=4, device="cpu")
+    indices = torch.tensor([-1, 0, 2, 1, -1])
+    wrapper._token_lora_indices[:tokens] = indices
+    wrapper._token_lora_indices[tokens:] = 2  # stale entries past the batch must not matter
+    a = tuple(torch.randn(3, 1, rank, hidden) for _ in slices)  # (slots, 1, rank, in)
+    b = tuple(torch.randn(3, 1, width, rank) for width in slices)  # (slots, 1, out, rank)
+    x, y = torch.randn(tokens, hidden), torch.randn(tokens, sum(slices))
+    expected = y.clone()
+    for token, slot in enumerate(indices.tolist()):
+        offset = 0
+        for a_slice, b_slice, width in zip(a, b, slices):
+            if slot >= 0:
+                expected[token, offset : offset + width] += 0.5 * (x[token] @ a_slice[slot, 0].T) @ b_slice[slot, 0].T
+            offset += width
+    out = wrapper.add_lora_linear(y, x, a, b, 0.5, slices)
+    assert torch.allclose(out, expected, atol=1e-5) and out is y  # in place, like vLLM's own ops
+    assert torch.equal(out[0], expected[0]) and torch.equal(out[4], expected[4])  # base tokens: untouched
+
+
+def test_lora_target_modules_come_from_the_adapters(tmp_path):
+    from l2s.adapters import adapter_target_modules
+    from l2s.cpu_lora_compiled import only_linear
+
+    def adapter(name: str, targets) -> str:
+        (tmp_path / name).mkdir()
+        config = {"base_model_name_or_path": "base", "r": 8, "target_modules": targets}
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps(config))
+        return str(tmp_path / name)
+
+    full_names = adapter("all-linear", ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"])
+    short_names = adapter("attention", ["q_proj", "v_proj"])
+    pattern = adapter("regex", ".*attn.*")
+    assert adapter_target_modules([full_names, short_names]) == ["down_proj", "q_proj", "v_proj"]
+    assert adapter_target_modules([full_names, pattern]) is None  # vLLM cannot restrict to a pattern
+    assert only_linear(["q_proj", "down_proj"])
+    assert not only_linear(None) and not only_linear(["q_proj", "embed_tokens"])
