@@ -209,10 +209,10 @@ def with_level_share(weights: list[float], candidates: list[TaskProblem], share:
     levels in proportion to their failure rate in the last iteration's samples. A pool rarely draws a problem
     twice, so a problem's own success rate says little; its level's says where the errors are (on the lab:
     4-term sums, which lose accuracy as traces shorten while 2-term sums never do)."""
-    failures = (state.history[-1].get("accuracy_by_level") if state.history else None) or {}
-    failures = {level: 1 - accuracy for level, accuracy in failures.items()}
     if not share:
         return weights
+    failures = (state.history[-1].get("accuracy_by_level") if state.history else None) or {}
+    failures = {level: 1 - accuracy for level, accuracy in failures.items()}
     sizes: dict[str, int] = {}
     for problem in candidates:
         sizes[problem.level] = sizes.get(problem.level, 0) + 1

@@ -75,12 +75,18 @@ def test_distill_writes_peft_adapters_and_eval_runs_them(lab_models, adapters):
     out = adapters / "eval"
     command = ["eval", "--offline", "--task", "lab", "--budgets", "none", "--num-problems", "40", "--out", str(out)]
     command += ["--model", str(lab_models / "lab-long"), "--model", str(adapters / "lora-shortest")]
+    [merged_adapter] = (adapters / "runs" / "merged-adapters").iterdir()  # lora-shortest merged into lab-long
+    command += ["--model", str(merged_adapter)]
     result = _l2s(adapters, *command)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     results = {r["model"]: r for r in json.loads((out / "results.json").read_text())["results"]}
     long, short = results["lab-long"], results["lora-shortest"]
     assert short["accuracy"] >= long["accuracy"] - 0.05, results  # the adapter is the long model, shortened
     assert short["mean_reasoning_tokens"] < 0.9 * long["mean_reasoning_tokens"], results
+    # applied on the engine (compiled on the CPU: l2s/cpu_lora_compiled.py), the adapter answers as its merged copy
+    merged = results[merged_adapter.name]
+    assert merged["accuracy"] == short["accuracy"], results
+    assert abs(merged["mean_reasoning_tokens"] - short["mean_reasoning_tokens"]) < 0.5, results
 
 
 def _ask(base_url: str, model: str, question: str, **extra) -> dict:
