@@ -75,7 +75,8 @@ def test_distill_writes_peft_adapters_and_eval_runs_them(lab_models, adapters):
     out = adapters / "eval"
     command = ["eval", "--offline", "--task", "lab", "--budgets", "none", "--num-problems", "40", "--out", str(out)]
     command += ["--model", str(lab_models / "lab-long"), "--model", str(adapters / "lora-shortest")]
-    [merged_adapter] = (adapters / "runs" / "merged-adapters").iterdir()  # lora-shortest merged into lab-long
+    # lora-shortest merged into lab-long (by the merge above; beside it, its lock file)
+    [merged_adapter] = [path for path in (adapters / "runs" / "merged-adapters").iterdir() if path.is_dir()]
     command += ["--model", str(merged_adapter)]
     result = _l2s(adapters, *command)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
