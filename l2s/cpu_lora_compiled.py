@@ -24,8 +24,12 @@ import functools
 import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-# target modules whose LoRA layers are not linear layers (vLLM's packed names and peft's)
-NOT_LINEAR = {"embed_tokens", "lm_head", "wte", "word_embeddings", "embed_in", "embed_out"}
+# target-module names vLLM's models give embeddings and LM heads, whose LoRA layers are not linear layers (should a
+# model name one otherwise, `add_lora_embedding`/`add_lora_logits` below refuse to be compiled rather than be wrong)
+NOT_LINEAR = {
+    *("embed_tokens", "tok_embeddings", "embedding", "embeddings", "token_embedding", "word_embeddings", "wte"),
+    *("embed_in", "lm_head", "head", "output", "output_layer", "embed_out"),
+}
 
 
 class CompiledPunicaWrapperCPU(PunicaWrapperCPU):
@@ -64,12 +68,31 @@ class CompiledPunicaWrapperCPU(PunicaWrapperCPU):
         return y
 
     def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None, **kwargs):
+        assert len(lora_a_stacked) == len(lora_b_stacked) == len(output_slices)
         x = x.view(-1, x.shape[-1])
         if buffer is None:
             rank = lora_b_stacked[0].size(-1)
-            buffer = tuple(torch.zeros((x.shape[0], rank), dtype=torch.float32) for _ in output_slices)
+            buffer = tuple(torch.zeros((x.shape[0], rank), dtype=torch.float32, device=x.device) for _ in output_slices)
         self.add_shrink(buffer, x, lora_a_stacked, scale)
         return self.add_expand(y, buffer, lora_b_stacked, output_slices, add_inputs=True)
+
+    def add_lora_embedding(self, *args, **kwargs):
+        _refuse_if_compiling("an embedding")
+        return super().add_lora_embedding(*args, **kwargs)
+
+    def add_lora_logits(self, *args, **kwargs):
+        _refuse_if_compiling("an LM head")
+        return super().add_lora_logits(*args, **kwargs)
+
+
+def _refuse_if_compiling(layer: str) -> None:
+    """vLLM's own embedding and LM-head LoRA ops branch on per-batch Python state: traced once, they would be wrong
+    for every later batch. Reached while compiling only if `NOT_LINEAR` misses a model's name for such a layer."""
+    if torch.compiler.is_compiling():
+        raise RuntimeError(
+            f"l2s cpu_lora_compiled: LoRA on {layer} cannot be compiled on the CPU; leave it out of the adapters' "
+            "target modules or start the engine with enforce_eager"
+        )
 
 
 def only_linear(target_modules: list[str] | None) -> bool:

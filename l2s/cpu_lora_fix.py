@@ -81,6 +81,8 @@ def register() -> None:
             op = getattr(module, name, None)
             if op is not None and not getattr(op, "_l2s_fixed", False):
                 setattr(module, name, wrap(op))
-    from l2s import cpu_lora_compiled
-
+    try:  # (vLLM's plugin loader does not catch: a failure here would stop every engine from starting)
+        from l2s import cpu_lora_compiled
+    except ImportError:  # a vLLM without the CPU punica wrapper: LoRA stays uncompiled there
+        return
     cpu_lora_compiled.register()

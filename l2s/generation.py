@@ -97,7 +97,8 @@ def open_engine(
     if is_adapter(model_dir):  # the base's engine, with the adapter applied to every request
         adapter, model_dir = model_dir, resolve_model(adapter_base(model_dir))
         max_lora_rank = max(max_lora_rank or 1, adapter_rank(adapter))
-        lora_target_modules = adapter_target_modules([adapter])
+        own = adapter_target_modules([adapter])  # (with the caller's: vLLM drops weights of modules left out)
+        lora_target_modules = None if own is None else sorted({*own, *(lora_target_modules or [])})
     lora_settings = {}
     if max_lora_rank:  # (LoRA layers only on the adapted modules: less work, and compiled on the CPU)
         lora_settings = {

@@ -105,3 +105,20 @@ def test_lora_target_modules_come_from_the_adapters(tmp_path):
     assert adapter_target_modules([full_names, pattern]) is None  # vLLM cannot restrict to a pattern
     assert only_linear(["q_proj", "down_proj"])
     assert not only_linear(None) and not only_linear(["q_proj", "embed_tokens"])
+
+
+def test_compiled_cpu_lora_wrapper_refuses_to_be_compiled_into_embedding_lora():
+    """vLLM's embedding and LM-head LoRA ops branch on per-batch state: traced once they would be silently wrong."""
+    from l2s.cpu_lora_compiled import CompiledPunicaWrapperCPU
+
+    wrapper = CompiledPunicaWrapperCPU(max_num_batched_tokens=16, max_batches=4, device="cpu")
+    wrapper._token_lora_indices.zero_()  # (metadata with which vLLM's own op would compile and run without error)
+    wrapper.indices_len = [3, 3, 3, 3]
+
+    @torch.compile(backend="eager", fullgraph=True)
+    def forward(y, x, b):
+        wrapper.add_lora_embedding(y, x, b)
+        return y
+
+    with pytest.raises(Exception, match="cannot be compiled|Observed exception"):
+        forward(torch.zeros(3, 4), torch.zeros(3, 2), torch.zeros(2, 1, 4, 2))
