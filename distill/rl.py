@@ -34,6 +34,7 @@ import math
 import random
 import shutil
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from distill.lora import LoraRecipe, peft_config, save_weights
 from distill.recipe import TaskRecipe
 from distill.rewards import baseline, total_rewards
 from distill.validation import Score, score_policy, select, validation_split
+from l2s.adapters import module_suffixes
 from l2s.atomic import save_figure_atomic, write_text_atomic
 from l2s.cards import atomic_model_dir, new_card, write_card
 from l2s.distributed import all_gather, barrier, gather_shards, is_main, shard, sharded, world_size
@@ -213,9 +215,7 @@ def with_level_share(weights: list[float], candidates: list[TaskProblem], share:
         return weights
     failures = (state.history[-1].get("accuracy_by_level") if state.history else None) or {}
     failures = {level: 1 - accuracy for level, accuracy in failures.items()}
-    sizes: dict[str, int] = {}
-    for problem in candidates:
-        sizes[problem.level] = sizes.get(problem.level, 0) + 1
+    sizes = Counter(problem.level for problem in candidates)
     level_total = sum(failures.get(level, 0.0) for level in sizes)  # (0: no failure among the open levels)
     if not level_total:
         return weights
@@ -627,8 +627,7 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
         engine = RemoteEngine(recipe.rollout_server, start_from or recipe.model_path)
         reload_engine_weights(engine, start_from or recipe.model_path)
     elif recipe.lora:  # the start model's weights stay in the engine; each checkpoint's adapter is applied to them
-        targets = unwrapped(model).peft_config["default"].target_modules  # (peft's: names, or one regex)
-        targets = None if isinstance(targets, str) else sorted({name.rsplit(".", 1)[-1] for name in targets})
+        targets = module_suffixes(unwrapped(model).peft_config["default"].target_modules)
         engine = open_engine(recipe.model_path, engine_settings, recipe.lora_rank, lora_target_modules=targets)
         if start_from:
             refresh_engine(engine, start_from, recipe, state.iteration)

@@ -46,11 +46,19 @@ def adapter_target_modules(paths: list[str | Path]) -> list[str] | None:
     build keep torch.compile (l2s/cpu_lora_compiled.py)."""
     names: set[str] = set()
     for path in paths:
-        targets = _config(path).get("target_modules")
-        if not isinstance(targets, list) or not targets:
+        own = module_suffixes(_config(path).get("target_modules"))
+        if own is None:
             return None
-        names.update(str(target).rsplit(".", 1)[-1] for target in targets)
+        names.update(own)
     return sorted(names)
+
+
+def module_suffixes(targets) -> list[str] | None:
+    """peft's `target_modules` (module names, full or last part; or one regex string) as the last name parts
+    vLLM's `lora_target_modules` takes; None for a pattern or nothing."""
+    if isinstance(targets, str) or not targets:
+        return None
+    return sorted({str(target).rsplit(".", 1)[-1] for target in targets})
 
 
 def vllm_max_rank(ranks: list[int]) -> int:
