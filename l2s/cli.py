@@ -23,6 +23,13 @@ def _lab_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lab_errors(args: argparse.Namespace) -> int:
+    from l2s.lab.errors import error_table, render
+
+    print(render(error_table(Path(args.samples))))
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -55,6 +62,14 @@ def _add_lab(subparsers) -> None:
         "--remeasure", action="store_true", help="measure the models again even if their cards have figures"
     )
     build.set_defaults(handler=_lab_build)
+    errors = lab_commands.add_parser(
+        "errors",
+        help="where wrong lab answers went wrong (first mistake by kind, per model and level)",
+        description="Walk every wrong completion in an eval's samples.jsonl along the lab's worked sum and count "
+        "its first mistake by kind: copy (a number copied wrong), column, total, answer, unfinished.",
+    )
+    errors.add_argument("samples", help="an eval's samples.jsonl (l2s eval --out DIR writes DIR/samples.jsonl)")
+    errors.set_defaults(handler=_lab_errors)
 
 
 def _add_serve(subparsers) -> None:

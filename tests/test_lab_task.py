@@ -72,3 +72,21 @@ def test_traces_are_correct_and_long_ones_vary():
 def test_asking_for_more_problems_than_a_level_has_is_an_error():
     with pytest.raises(ValueError, match="distinct test problems"):
         generate_problems("test", 3000)
+
+
+def test_first_error_names_the_first_wrong_line_of_the_worked_sum():
+    from l2s.lab.errors import first_error, problems_by_id
+
+    problem = Problem(id="test-0-0", level=3, terms=(39, 12, 14, 93), answer=158)
+    right = long_reasoning(problem, random.Random(1))
+    assert first_error(problem, right, "The answer is 158.") is None
+    assert first_error(problem, right, "The answer is 168.") == "answer"
+    lines = "39+12+14+93\n39+12: 9+2=11, 3+1+1=5, so 51.\n{}\n{}\n132+93: 2+3=5, 3+9=12, 1+0+1=2, so 225."
+    # a digit of the sum just written (51) lands in the next number: 14 -> 54
+    assert first_error(problem, lines.format("51+54+93", "51+54: 1+4=5, 5+5=10, so 105."), "") == "copy"
+    assert first_error(problem, lines.format("51+14+93", "51+41: 1+1=2, 5+4=9, so 92."), "") == "copy"
+    assert first_error(problem, lines.format("51+14+93", "51+14: 1+4=5, 5+1+1=7, so 75."), "") == "column"
+    assert first_error(problem, lines.format("51+14+93", "51+14: 1+4=5, 5+1=6, so 66."), "") == "total"
+    assert first_error(problem, "39+12+14+93\n39+12: 9+2=11, 3+1+1=5, so 51.", "The answer is 158.") == "unfinished"
+    assert "Check:" in right  # (checks and repeats are off the main chain)
+    assert problems_by_id({"test-0-0", "test-0-2"})["test-0-2"] == generate_problems("test", 3, seed=0)[2]
