@@ -30,6 +30,8 @@ from l2s.lab.task import Problem, extract_answer, generate_problems
 from l2s.lab.traces import column_addition, expression
 
 KINDS = ("copy", "column", "total", "answer", "unfinished")
+# the optional parts of a long trace (`LongTraceOptions`), by the words that open them
+HABITS = {"plan": "Let me add the", "check": "Check:", "again": "Again:", "redo": "Let me add it again"}
 _EXPRESSION = re.compile(r"\d+(\+\d+)+")
 _COLUMNS = re.compile(r"(\d+)\+(\d+): (.*), so (\d+)\.")
 
@@ -70,14 +72,32 @@ def problems_by_id(ids: set[str]) -> dict[str, Problem]:
 
 
 def error_table(samples_path: Path) -> list[dict]:
-    """One row per (model, level): samples, wrong ones, and the first mistakes' kinds."""
+    """One row per (model, level): samples, wrong ones, the first mistakes' kinds, how often the optional parts of a
+    long trace appear (per sample: what long2short removes), and the wrong ones among samples that repeat a step
+    (`Again:`) and among those that do not (what accuracy may rest on)."""
     samples = [json.loads(line) for line in samples_path.read_text().splitlines() if line.strip()]
     problems = problems_by_id({s["problem_id"] for s in samples})
     rows: dict[tuple[str, str], dict] = {}
     for sample in samples:
         key = (sample["model"], str(sample["level"]))
-        row = rows.setdefault(key, {"model": key[0], "level": key[1], "samples": 0, "wrong": 0, "kinds": Counter()})
+        row = rows.setdefault(
+            key,
+            {
+                "model": key[0],
+                "level": key[1],
+                "samples": 0,
+                "wrong": 0,
+                "kinds": Counter(),
+                "habits": Counter(),
+                "split": Counter(),
+            },
+        )
         row["samples"] += 1
+        for habit, opening in HABITS.items():
+            row["habits"][habit] += (sample["reasoning"] or "").count(opening)
+        repeats = "again" if HABITS["again"] in (sample["reasoning"] or "") else "no again"
+        row["split"][repeats, "samples"] += 1
+        row["split"][repeats, "wrong"] += not sample["correct"]
         if sample["correct"]:
             continue
         row["wrong"] += 1
@@ -87,8 +107,14 @@ def error_table(samples_path: Path) -> list[dict]:
 
 
 def render(rows: list[dict]) -> str:
-    lines = ["| model | level | samples | wrong | " + " | ".join(KINDS) + " |", "|---" * (4 + len(KINDS)) + "|"]
+    columns = [f"first error: {kind}" for kind in KINDS] + [f"{habit} / sample" for habit in HABITS]
+    columns += ["wrong, samples with a repeated step", "wrong, samples without"]
+    lines = ["| model | level | samples | wrong | " + " | ".join(columns) + " |", "|---" * (4 + len(columns)) + "|"]
     for row in rows:
-        counts = " | ".join(str(row["kinds"].get(kind, 0)) for kind in KINDS)
-        lines.append(f"| {row['model']} | {row['level']} | {row['samples']} | {row['wrong']} | {counts} |")
+        counts = [str(row["kinds"].get(kind, 0)) for kind in KINDS]
+        counts += [f"{row['habits'][habit] / row['samples']:.2f}" for habit in HABITS]
+        counts += [
+            f"{row['split'][part, 'wrong']} of {row['split'][part, 'samples']}" for part in ("again", "no again")
+        ]
+        lines.append(f"| {row['model']} | {row['level']} | {row['samples']} | {row['wrong']} | {' | '.join(counts)} |")
     return "\n".join(lines)
