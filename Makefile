@@ -68,12 +68,14 @@ lab-dpo-lora: setup
 	$(BIN)/l2s distill dpo --recipe configs/distill/dpo.yaml --lora --learning-rate 0.0003 --out $(MODELS)/lab-dpo-lora
 
 lab-rl-lora: setup
-	$(BIN)/l2s distill rl --recipe configs/distill/rl.yaml --lora --learning-rate 0.0015 --out $(MODELS)/lab-rl-lora
+	$(BIN)/l2s distill rl --recipe configs/distill/rl.yaml --lora --learning-rate 0.0015 --iterations 16 \
+		--out $(MODELS)/lab-rl-lora
 
 # The LoRA variants beside lab-long (and the full-weight variants made so far), offline, 500 test problems.
 lab-lora-eval: setup
 	$(BIN)/l2s eval --offline $(foreach m,$(wildcard $(MODELS)/lab-long $(MODELS)/lab-shortest $(MODELS)/lab-shortest-lora $(MODELS)/lab-dpo $(MODELS)/lab-dpo-lora $(MODELS)/lab-rl $(MODELS)/lab-rl-lora),--model $(m)) \
 		--task lab --num-problems 500 --budgets none --out results/lab-lora
+	$(BIN)/l2s lab errors results/lab-lora/samples.jsonl --out results/lab-lora/errors.md
 
 # Memory and throughput: lab-long and the three LoRA variants as four engines (the adapters merged) or as one.
 bench-lora: setup

@@ -6,7 +6,8 @@ A figure that holds for one run is not a result. This trains the recipe once per
 --seed S`, each its own model under --models-dir; a finished one is reused, so an interrupted sweep resumes),
 evaluates them beside the model they started from with `l2s eval --offline` (greedy, the lab's test split —
 which no method trains or selects on), and writes `seeds.json` and `seeds.md`: one row per seed, then the mean
-and the range. For RL it also draws every seed's training and validation curves on one plot.
+and the range, and `errors.md` (`l2s lab errors`: each wrong answer's first mistake by kind, and what the variants
+kept of the long trace). For RL it also draws every seed's training and validation curves on one plot.
 
 The RL goal (issue #12, k1.5's long2short claim): accuracy within 1 point of the start at no more than 40% of
 its mean reasoning tokens.
@@ -24,6 +25,8 @@ from pathlib import Path
 from l2s.atomic import save_figure_atomic, write_text_atomic
 from l2s.cards import read_card
 from l2s.jsonl import read_yaml
+from l2s.lab.errors import error_table
+from l2s.lab.errors import render as render_errors
 
 GOAL_ACCURACY_DROP = 0.01
 GOAL_TOKEN_RATIO = 0.40
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     summary["command"] = "python -m distill.seeds " + " ".join(sys.argv[1:] if argv is None else argv)
     write_text_atomic(out / "seeds.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(out / "seeds.md", table(summary))
+    # where the lost points went (first mistake by kind, the long trace's optional parts kept): `l2s lab errors`
+    write_text_atomic(out / "errors.md", render_errors(error_table(evaluation / "samples.jsonl")) + "\n")
     if args.method == "rl":
         plot_rl_curves(models[1:], seeds, out / "training_curves.png")
     print(table(summary))

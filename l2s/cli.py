@@ -24,9 +24,13 @@ def _lab_build(args: argparse.Namespace) -> int:
 
 
 def _lab_errors(args: argparse.Namespace) -> int:
+    from l2s.atomic import write_text_atomic
     from l2s.lab.errors import error_table, render
 
-    print(render(error_table(Path(args.samples))))
+    table = render(error_table(Path(args.samples)))
+    if args.out:
+        write_text_atomic(Path(args.out), table + "\n")
+    print(table)
     return 0
 
 
@@ -69,6 +73,7 @@ def _add_lab(subparsers) -> None:
         "its first mistake by kind: copy (a number copied wrong), column, total, answer, unfinished.",
     )
     errors.add_argument("samples", help="an eval's samples.jsonl (l2s eval --out DIR writes DIR/samples.jsonl)")
+    errors.add_argument("--out", default=None, help="also write the table to this Markdown file")
     errors.set_defaults(handler=_lab_errors)
 
 

@@ -1,3 +1,4 @@
+import json
 import random
 
 import pytest
@@ -90,3 +91,22 @@ def test_first_error_names_the_first_wrong_line_of_the_worked_sum():
     assert first_error(problem, "39+12+14+93\n39+12: 9+2=11, 3+1+1=5, so 51.", "The answer is 158.") == "unfinished"
     assert "Check:" in right  # (checks and repeats are off the main chain)
     assert problems_by_id({"test-0-0", "test-0-2"})["test-0-2"] == generate_problems("test", 3, seed=0)[2]
+
+
+def test_lab_errors_command_writes_its_table(tmp_path, capsys):
+    from l2s.cli import main
+
+    problem = generate_problems("test", 1, seed=0)[0]
+    right = long_reasoning(problem, random.Random(0))
+    samples = tmp_path / "samples.jsonl"
+    rows = [
+        {"model": "m", "level": problem.level, "problem_id": problem.id, "correct": True, "reasoning": right,
+         "answer": f"The answer is {problem.answer}."},
+        {"model": "m", "level": problem.level, "problem_id": problem.id, "correct": False, "reasoning": right,
+         "answer": f"The answer is {problem.answer + 1}."},
+    ]  # fmt: skip
+    samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(["lab", "errors", str(samples), "--out", str(tmp_path / "errors.md")]) == 0
+    written = (tmp_path / "errors.md").read_text()
+    assert written.strip() == capsys.readouterr().out.strip()
+    assert f"| m | {problem.level} | 2 | 1 | 0 | 0 | 0 | 1 | 0 |" in written  # the one wrong: its answer

@@ -15,13 +15,14 @@ from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.seeds]  # `make test-rl-seeds`, not `make test` (see the Makefile)
 
-# 5 of the recipe's 16 iterations, 32 of its 64 problems each in minibatches of 4 (so each iteration takes as many
+# 5 of the recipe's 24 iterations, 32 of its 64 problems each in minibatches of 4 (so each iteration takes as many
 # optimiser steps as the recipe's: with AdamW's moments kept, fewer steps shorten too little to measure); selection
 # on 64 validation problems
 SHORTENED = ["--iterations", "5", "--problems-per-iteration", "32", "--minibatch-problems", "4"]
 SHORTENED += ["--validation-problems", "64"]
 SEEDS = (0, 1)
-# AES over lab-long. Measured here (2026-11-30): seed 0 +0.137 (98.0% at 176 tokens), seed 1 +0.220 (100% at 180);
+# AES over lab-long. Measured here with the lr 1e-4 recipe (2026-12-01): seed 0 +0.200 (99.3% at 177 tokens), seed 1
+# +0.098 (98.7% at 193); with lr 1.5e-4 (2026-11-30): +0.137 and +0.220;
 # a drift like the earlier recipe's (12 points: AES about -0.6) fails it, and so does a run that does not shorten.
 MARGIN = 0.05
 TEST_PROBLEMS = 150
