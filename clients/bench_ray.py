@@ -28,12 +28,12 @@ from l2s.local_server import start_server, stop_server, wait_healthy
 KEYS = ("output_tokens_per_s", "completion_tokens_mean", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s")
 
 
-def serve(model: Path, out: Path, label: str, replicas: int | None):
+def serve(model: Path, out: Path, label: str, replicas: int | None, stream_interval_ms: float = 250):
     """`l2s serve` of `model` alone (replicas None), or `l2s serve --ray` with that many replicas; ready."""
     variant = {"name": model.name, "path": str(model.resolve()), "engine": {"kv_cache_gib": 1, "max_num_seqs": 64}}
     extra = []
     if replicas is not None:
-        variant["ray"] = {"replicas": replicas, "num_cpus": 0.5}
+        variant["ray"] = {"replicas": replicas, "num_cpus": 0.5, "stream_interval_ms": stream_interval_ms}
         extra = ["--ray"]
     config = out / f"{label}.yaml"
     config.write_text(yaml.safe_dump({"variants": [variant]}))
@@ -49,6 +49,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--stream-interval-ms",
+        type=float,
+        default=250,
+        help="the replicas' stream_interval_ms (configs/server-ray.yaml's)",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     model, out = Path(args.model), Path(args.out)
@@ -58,7 +64,7 @@ def main() -> None:
     setups = {"single-process": None, "ray-1-replica": 1, "ray-2-replicas": 2}
     results = {}
     for label, replicas in setups.items():
-        process, url = serve(model, out, label, replicas)
+        process, url = serve(model, out, label, replicas, args.stream_interval_ms)
         try:
             measure(url, model.name, prompts[:8], args.concurrency, {})  # warm-up
             rounds = [measure(url, model.name, prompts, args.concurrency, {}) for _ in range(args.rounds)]
@@ -79,6 +85,7 @@ def main() -> None:
         "concurrency": args.concurrency,
         "requests_per_round": args.requests,
         "rounds": args.rounds,
+        "stream_interval_ms": args.stream_interval_ms,
         "results": results,
         "summary": summary,
     }

@@ -21,7 +21,14 @@ from server.errors import APIError
 
 logger = logging.getLogger("l2s.server")
 RETRIES = 3  # a request whose replica died before it produced anything goes to another replica, this many times
-REFRESH_SECONDS = 2.0  # how often the live replicas are counted
+# How often the live replicas are counted. Ray Serve's status is the whole cluster's, built and validated on every
+# call (~0.1-0.2 CPU-s in the ingress and as much in the controller here: a fifth of the ingress's CPU under load
+# when asked every 2 s), so it is asked often only while the count may be changing: before the first replica is
+# up, and for a while after a request saw a replica fail or the count changed. Otherwise every 15 s, which also
+# finds a replica that died idle (Ray Serve's own health check runs every 10 s).
+REFRESH_SECONDS = 2.0
+STEADY_REFRESH_SECONDS = 15.0
+UNSETTLED_SECONDS = 120.0  # after a failure or a change of count, counted every REFRESH_SECONDS this long
 
 
 class RemoteVariant(VariantEngine):
@@ -34,6 +41,7 @@ class RemoteVariant(VariantEngine):
         self._vocab_size = 0
         self._counted = True  # the last refresh found the deployment
         self._refreshed = float("-inf")  # when the controller was last asked
+        self._unsettled_until = float("inf")  # until when the count may be changing (from the start: until counted)
 
     # Ray Serve, not our watchdog, notices a dead replica (its health check) and starts another: a remote variant
     # is never "dead" to the watchdog; it is unavailable while it has no live replica.
@@ -75,17 +83,21 @@ class RemoteVariant(VariantEngine):
 
     async def refresh(self) -> None:
         """How many replicas of the deployment are running, from Ray Serve's controller (asked every
-        `REFRESH_SECONDS`: the answer is the whole cluster's status, built by the controller each time)."""
+        `REFRESH_SECONDS` while the count may be changing, else every `STEADY_REFRESH_SECONDS`)."""
         from ray import serve
 
         now = asyncio.get_running_loop().time()
-        if now - self._refreshed < REFRESH_SECONDS:
+        unsettled = now < self._unsettled_until or self.live_replicas == 0
+        if now - self._refreshed < (REFRESH_SECONDS if unsettled else STEADY_REFRESH_SECONDS):
             return
         self._refreshed = now
         try:
             status = await asyncio.wait_for(asyncio.to_thread(serve.status), 10)
             deployment = status.applications[self.app_name].deployments[self.name]
-            self.live_replicas = deployment.replica_states.get("RUNNING", 0)
+            live = deployment.replica_states.get("RUNNING", 0)
+            if live != self.live_replicas or not self._counted:
+                self.unsettle()
+            self.live_replicas = live
             self._counted = True
         except Exception as error:  # the controller restarting, the application being deleted: keep the last count
             if self._counted:  # (said once, not every half second)
@@ -102,6 +114,7 @@ class RemoteVariant(VariantEngine):
                 checked = await self.handle.check.remote(params, n)
                 break
             except RayActorError:  # the replica died or cannot be reached: a check starts nothing, ask another
+                self.unsettle()
                 if attempt == RETRIES:
                     raise self._unavailable() from None
             except RayServeException:  # no replica to send it to (the deployment being deleted, say)
@@ -131,12 +144,14 @@ class RemoteVariant(VariantEngine):
                 done = True
                 return
             except ActorDiedError:
+                self.unsettle()
                 if produced or attempt == RETRIES:
                     raise self._unavailable() from None
                 logger.warning("variant %s: a replica died before request %s started; retrying", self.name, request_id)
             except RayTaskError as error:  # raised on the replica: its engine died, or the generation failed
                 if type(error.cause).__name__ != "EngineDeadError":
                     raise error.cause from None
+                self.unsettle()
                 if produced or attempt == RETRIES:
                     raise self._unavailable() from None
                 logger.warning("variant %s: an engine died before request %s started; retrying", self.name, request_id)
@@ -147,7 +162,12 @@ class RemoteVariant(VariantEngine):
                     with contextlib.suppress(Exception):
                         chunks.cancel()
 
+    def unsettle(self) -> None:
+        """Count the replicas often for a while: one failed or the count changed."""
+        self._unsettled_until = asyncio.get_running_loop().time() + UNSETTLED_SECONDS
+
     def _unavailable(self) -> APIError:
+        self.unsettle()  # (every failure that reaches a request passes here)
         return APIError(
             503,
             f"the replica of '{self.name}' serving this request died; retry",
