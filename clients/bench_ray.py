@@ -28,7 +28,7 @@ from l2s.local_server import start_server, stop_server, wait_healthy
 KEYS = ("output_tokens_per_s", "completion_tokens_mean", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s")
 
 
-def serve(model: Path, out: Path, label: str, replicas: int | None, stream_interval_ms: float = 250):
+def serve(model: Path, out: Path, label: str, replicas: int | None, stream_interval_ms: float):
     """`l2s serve` of `model` alone (replicas None), or `l2s serve --ray` with that many replicas; ready."""
     variant = {"name": model.name, "path": str(model.resolve()), "engine": {"kv_cache_gib": 1, "max_num_seqs": 64}}
     extra = []

@@ -27,7 +27,11 @@ def _lab_errors(args: argparse.Namespace) -> int:
     from l2s.atomic import write_text_atomic
     from l2s.lab.errors import error_table, render
 
-    table = render(error_table(Path(args.samples)))
+    try:
+        table = render(error_table(Path(args.samples)))
+    except (OSError, ValueError, KeyError) as error:  # no such file, not JSON lines, not a lab eval's samples
+        print(f"l2s: error: {args.samples}: {error!r}", file=sys.stderr)
+        return 2
     if args.out:
         write_text_atomic(Path(args.out), table + "\n")
     print(table)

@@ -1,6 +1,6 @@
 """Where a lab answer went wrong: the first mistake in its worked sum, by kind.
 
-    l2s lab errors results/lab-rl-diagnosis/h-lr1e-4/eval/samples.jsonl
+    l2s lab errors results/seeds-rl/eval/samples.jsonl    # after `make lab-rl-seeds`
 
 An eval's `samples.jsonl` holds every completion's reasoning; this walks each wrong one along the lab's worked
 sum (`l2s/lab/traces.py`: an expression line, then its first two numbers added in columns, then the expression
@@ -40,10 +40,11 @@ def first_error(problem: Problem, reasoning: str, answer: str) -> str | None:
     """The kind of the first mistake in a completion of `problem`, or None for a correct one."""
     remaining = list(problem.terms)
     lines = [line.strip() for line in reasoning.splitlines()]
-    lines = [line for line in lines if line and not line.startswith(("Check:", "Again:", "Let me add the"))]
+    off_chain = (HABITS["check"], HABITS["again"], HABITS["plan"])
+    lines = [line for line in lines if line and not line.startswith(off_chain)]
     position = 0
     while len(remaining) > 1:
-        if position + 1 >= len(lines) or lines[position].startswith("Let me add it again"):
+        if position + 1 >= len(lines) or lines[position].startswith(HABITS["redo"]):
             return "unfinished"
         written, worked = lines[position], lines[position + 1]
         if not _EXPRESSION.fullmatch(written) or written != expression(remaining):
@@ -63,7 +64,9 @@ def problems_by_id(ids: set[str]) -> dict[str, Problem]:
     """The lab problems behind ids like `test-0-17` (split, seed, index), generated again."""
     wanted: dict[tuple[str, int], int] = defaultdict(int)
     for problem_id in ids:
-        split, seed, index = problem_id.rsplit("-", 2)
+        split, seed, index = (problem_id.rsplit("-", 2) + ["", ""])[:3]
+        if not (seed.isdigit() and index.isdigit()):
+            raise ValueError(f"{problem_id!r} is not a lab problem id (SPLIT-SEED-INDEX): not a lab eval's samples")
         wanted[split, int(seed)] = max(wanted[split, int(seed)], int(index) + 1)
     found = {}
     for (split, seed), count in wanted.items():
@@ -92,17 +95,18 @@ def error_table(samples_path: Path) -> list[dict]:
                 "split": Counter(),
             },
         )
+        reasoning = sample["reasoning"] or ""
         row["samples"] += 1
         for habit, opening in HABITS.items():
-            row["habits"][habit] += (sample["reasoning"] or "").count(opening)
-        repeats = "again" if HABITS["again"] in (sample["reasoning"] or "") else "no again"
+            row["habits"][habit] += reasoning.count(opening)
+        repeats = "again" if HABITS["again"] in reasoning else "no again"
         row["split"][repeats, "samples"] += 1
         row["split"][repeats, "wrong"] += not sample["correct"]
         if sample["correct"]:
             continue
         row["wrong"] += 1
-        kind = first_error(problems[sample["problem_id"]], sample["reasoning"] or "", sample["answer"] or "")
-        row["kinds"][kind or "answer"] += 1
+        kind = first_error(problems[sample["problem_id"]], reasoning, sample["answer"] or "")
+        row["kinds"][kind or "answer"] += 1  # (None: the verifier and the walk disagree on the answer)
     return [rows[key] for key in sorted(rows)]
 
 
