@@ -184,7 +184,7 @@ class VariantEngine:
 
     @property
     def vocab_size(self) -> int:
-        return self.engine.model_config.get_vocab_size()
+        return self.sampling_checks()[0].get_vocab_size()
 
     async def tokenize(self, messages: list[dict], template_kwargs: dict | None = None) -> list[int]:
         """`prompt_ids` on this engine's one tokenizer thread: off the event loop, and never two calls at once
@@ -328,9 +328,11 @@ class VariantEngine:
     async def refresh(self) -> None:
         """Called by the watchdog every half second: an engine in this process has nothing to look up."""
 
-    async def plan_sampling(self, params: GenerationParams, n: int = 1):
-        """`sampling_params`, awaitable: a remote engine (server/remote_engine.py) checks them on a replica."""
-        return self.sampling_params(params, n)
+    def sampling_checks(self) -> tuple:
+        """What vLLM checks a request's sampling parameters against: the engine's model, speculative-decoding and
+        structured-output configs (a remote engine holds a copy of its replicas': server/remote_engine.py)."""
+        config = self.engine.vllm_config
+        return config.model_config, config.speculative_config, config.structured_outputs_config
 
     def sampling_params(self, params: GenerationParams, n: int = 1):
         """vLLM's sampling parameters for one request. Built before the response starts, so that whatever vLLM
@@ -367,13 +369,7 @@ class VariantEngine:
                 skip_special_tokens=not params.keep_special_tokens,
             )
             # what the engine checks as the request arrives (logprob counts, the JSON schema), checked now
-            vllm_config = self.engine.vllm_config
-            sampling.verify(
-                self.engine.model_config,
-                vllm_config.speculative_config,
-                vllm_config.structured_outputs_config,
-                self.tokenizer,
-            )
+            sampling.verify(*self.sampling_checks(), self.tokenizer)
             return sampling
         except VLLMClientError as error:  # not a ValueError subclass
             raise ValueError(str(error)) from None

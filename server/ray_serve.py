@@ -45,15 +45,9 @@ class VariantReplica:
         logger.info("variant %s: replica %s ready (pid %d)", config.name, self.replica, os.getpid())
 
     def describe(self) -> dict:
-        """What the ingress needs of the engine to plan requests."""
-        return {"max_model_len": self.engine.max_model_len, "vocab_size": self.engine.vocab_size}
-
-    def check(self, params, n: int):
-        """vLLM's sampling parameters for a request, or what is wrong with them (a string: the ingress's 400)."""
-        try:
-            return self.engine.sampling_params(params, n)
-        except ValueError as error:
-            return str(error)
+        """What the ingress needs of the engine to plan requests: the context length, and the configs vLLM checks
+        sampling parameters against (so the ingress checks each request itself, with no round trip here)."""
+        return {"max_model_len": self.engine.max_model_len, "sampling_checks": self.engine.sampling_checks()}
 
     async def generate(self, request_id: str, prompt_ids: list[int], sampling, thinking_off: bool):
         """Lists of (choice index, chunk), the first chunk naming this replica: what the engine made since the last
@@ -149,7 +143,7 @@ def replica_options(variant: VariantConfig, grace_seconds: float = 10.0) -> dict
     options = {
         "name": variant.name,
         # the replica's engine runs max_num_seqs and queues max_waiting (the ingress admits no more); room for
-        # the short `check` and `describe` calls besides
+        # the short `describe` calls besides
         "max_ongoing_requests": variant.engine.max_num_seqs + variant.max_waiting + 16,
         "ray_actor_options": {"num_cpus": ray.num_cpus, "num_gpus": gpus},
         "health_check_period_s": 2,

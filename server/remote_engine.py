@@ -4,7 +4,8 @@ engine calls of `ChatService` through the deployment's handle to whichever repli
 
 What stays here, in the one ingress process: admission (every request passes through it, so the counts are the
 whole variant's, across its replicas), tokenizing with the variant's tokenizer, the reasoning format, tool
-parsing, and the metrics. What runs on a replica: checking the sampling parameters against its engine, and the
+parsing, checking the sampling parameters (against the configs of the replicas' engines, read once from the first
+replica: one round trip per request, the generation, not two), and the metrics. What runs on a replica: the
 generation itself.
 """
 
@@ -16,19 +17,31 @@ import logging
 from collections.abc import AsyncIterator
 
 from server.config import VariantConfig
-from server.engine import Chunk, GenerationParams, VariantEngine
+from server.engine import Chunk, VariantEngine
 from server.errors import APIError
 
 logger = logging.getLogger("l2s.server")
 RETRIES = 3  # a request whose replica died before it produced anything goes to another replica, this many times
-# How often the live replicas are counted. Ray Serve's status is the whole cluster's, built and validated on every
-# call (~0.1-0.2 CPU-s in the ingress and as much in the controller here: a fifth of the ingress's CPU under load
-# when asked every 2 s), so it is asked often only while the count may be changing: before the first replica is
-# up, and for a while after a request saw a replica fail or the count changed. Otherwise every 15 s, which also
-# finds a replica that died idle (Ray Serve's own health check runs every 10 s).
+# How often the live replicas are counted where the handle's router cannot be read (`routable_replicas`): Ray
+# Serve's status is the whole cluster's, built and validated on every call (~0.1-0.2 CPU-s in the ingress and as
+# much in the controller here: a fifth of the ingress's CPU under load when asked every 2 s), so it is asked often
+# only while the count may be changing: before the first replica is up, and for a while after a request saw a
+# replica fail or the count changed. Otherwise every 15 s, which also finds a replica that died idle (Ray Serve's
+# own health check runs every 10 s).
 REFRESH_SECONDS = 2.0
 STEADY_REFRESH_SECONDS = 15.0
 UNSETTLED_SECONDS = 120.0  # after a failure or a change of count, counted every REFRESH_SECONDS this long
+
+
+def routable_replicas(handle) -> int | None:
+    """How many replicas the deployment handle's router can send requests to: the running replicas the controller
+    pushes to every router, less any the router itself saw die. Free to read, where `serve.status()` is not, but
+    Ray Serve's internal state (Ray 2.60): None where this Ray keeps it elsewhere, and the caller asks the
+    controller instead."""
+    try:
+        return len(handle._router._asyncio_router.request_router.curr_replicas)
+    except AttributeError:
+        return None
 
 
 class RemoteVariant(VariantEngine):
@@ -38,7 +51,7 @@ class RemoteVariant(VariantEngine):
         self.app_name = app_name
         self.live_replicas = 0
         self.started = False
-        self._vocab_size = 0
+        self._sampling_checks: tuple | None = None  # the replicas' engine configs (`VariantEngine.sampling_checks`)
         self._counted = True  # the last refresh found the deployment
         self._refreshed = float("-inf")  # when the controller was last asked
         self._unsettled_until = float("inf")  # until when the count may be changing (from the start: until counted)
@@ -64,28 +77,33 @@ class RemoteVariant(VariantEngine):
         """Admission counts every live replica's engine slots and queue."""
         return max(1, self.live_replicas)
 
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab_size
+    def sampling_checks(self) -> tuple:
+        return self._sampling_checks
 
     async def start(self) -> None:
         """The format and tokenizer read here from the model (as a replica reads them); the context length and
-        vocabulary from the first replica that answers, once its engine is up."""
+        the engine configs from the first replica that answers, once its engine is up (every replica's are the
+        same: one variant config, one vLLM version across the cluster)."""
         from transformers import AutoTokenizer
 
         self.tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self.variant.path)
         self.format = await asyncio.to_thread(self.detect_format, self.tokenizer)  # (renders the template)
         self.check_tool_parser()
         described = await self.handle.describe.remote()
-        self.max_model_len, self._vocab_size = described["max_model_len"], described["vocab_size"]
+        self.max_model_len, self._sampling_checks = described["max_model_len"], described["sampling_checks"]
         await self.refresh()
         self.started = True
 
     async def refresh(self) -> None:
-        """How many replicas of the deployment are running, from Ray Serve's controller (asked every
-        `REFRESH_SECONDS` while the count may be changing, else every `STEADY_REFRESH_SECONDS`)."""
+        """How many replicas of the deployment are running: from the handle's router at every call (the watchdog's,
+        every half second), or else from Ray Serve's controller (asked every `REFRESH_SECONDS` while the count may
+        be changing, else every `STEADY_REFRESH_SECONDS`)."""
         from ray import serve
 
+        routable = routable_replicas(self.handle)
+        if routable is not None:
+            self.live_replicas = routable
+            return
         now = asyncio.get_running_loop().time()
         unsettled = now < self._unsettled_until or self.live_replicas == 0
         if now - self._refreshed < (REFRESH_SECONDS if unsettled else STEADY_REFRESH_SECONDS):
@@ -103,25 +121,6 @@ class RemoteVariant(VariantEngine):
             if self._counted:  # (said once, not every half second)
                 logger.warning("variant %s: no replica count from Ray Serve: %r", self.name, error)
             self._counted = False
-
-    async def plan_sampling(self, params: GenerationParams, n: int = 1):
-        """vLLM's sampling parameters, built and checked on a replica against its engine (ValueError: a 400)."""
-        from ray.exceptions import RayActorError
-        from ray.serve.exceptions import RayServeException
-
-        for attempt in range(RETRIES + 1):
-            try:
-                checked = await self.handle.check.remote(params, n)
-                break
-            except RayActorError:  # the replica died or cannot be reached: a check starts nothing, ask another
-                self.unsettle()
-                if attempt == RETRIES:
-                    raise self._unavailable() from None
-            except RayServeException:  # no replica to send it to (the deployment being deleted, say)
-                raise self._unavailable() from None
-        if isinstance(checked, str):
-            raise ValueError(checked)
-        return checked
 
     async def stream(
         self, request_id: str, prompt_ids: list[int], sampling, thinking_off: bool = False

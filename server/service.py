@@ -277,7 +277,7 @@ class ChatService:
         if any(token >= engine.vocab_size for token in params.logit_bias):
             raise APIError(400, f"logit_bias: token ids must be below {engine.vocab_size}", param="logit_bias")
         try:
-            sampling = await engine.plan_sampling(params, request.n)
+            sampling = engine.sampling_params(params, request.n)
         except ValueError as error:  # what vLLM itself rejects (its validation errors are ValueErrors)
             raise APIError(400, str(error)[:500], code="invalid_parameter") from None
         return Plan(

@@ -196,10 +196,10 @@ def test_admission_counts_sequences_and_reserves_before_awaiting(tmp_path):
     variant = VariantConfig(name="v", path=model, engine={"max_num_seqs": 2}, max_waiting=2)  # room for 4
     service = ChatService(ServerConfig(variants=[variant]))
     engine = service.engines["v"]
+    model_config = SimpleNamespace(get_vocab_size=lambda: 100, max_logprobs=20, is_diffusion=False)
     engine.engine = SimpleNamespace(
         errored=False,
-        model_config=SimpleNamespace(get_vocab_size=lambda: 100, max_logprobs=20, is_diffusion=False),
-        vllm_config=SimpleNamespace(speculative_config=None, structured_outputs_config=None),
+        vllm_config=SimpleNamespace(model_config=model_config, speculative_config=None, structured_outputs_config=None),
     )
     engine.tokenizer = SimpleNamespace(apply_chat_template=lambda messages, **kwargs: [1, 2, 3])
     engine.max_model_len = 64
