@@ -38,9 +38,9 @@ def routable_replicas(handle) -> int | None:
     pushes to every router, less any the router itself saw die. Free to read, where `serve.status()` is not, but
     Ray Serve's internal state (Ray 2.60): None where this Ray keeps it elsewhere, and the caller asks the
     controller instead."""
-    try:
-        return len(handle._router._asyncio_router.request_router.curr_replicas)
-    except AttributeError:
+    try:  # (the plain attribute: the `request_router` property would build the router here, on the wrong thread)
+        return len(handle._router._asyncio_router._request_router.curr_replicas)
+    except (AttributeError, TypeError):  # no router yet, or not where Ray 2.60 keeps it
         return None
 
 

@@ -232,7 +232,7 @@ def test_a_ray_variant_counts_its_replicas_from_its_handles_router(monkeypatch, 
 
     monkeypatch.setattr(ray.serve, "status", lambda: pytest.fail("serve.status() asked"))
     replicas = {"a": object(), "b": object()}
-    router = SimpleNamespace(_asyncio_router=SimpleNamespace(request_router=SimpleNamespace(curr_replicas=replicas)))
+    router = SimpleNamespace(_asyncio_router=SimpleNamespace(_request_router=SimpleNamespace(curr_replicas=replicas)))
     variant = remote.RemoteVariant(_variant(tmp_path, "v"), handle=SimpleNamespace(_router=router), app_name="app")
 
     async def scenario():
