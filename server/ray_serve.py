@@ -51,9 +51,10 @@ class VariantReplica:
 
     async def generate(self, request_id: str, prompt_ids: list[int], sampling, thinking_off: bool):
         """Lists of (choice index, chunk), the first chunk naming this replica: what the engine made since the last
-        list, each choice's chunks joined. The first list goes at once (time to first token); the next ones at
-        most every `stream_interval_ms` (every message through Ray costs CPU on both sides). Cancelled by the
-        ingress (a client that went away), vLLM aborts the request."""
+        list, each choice's chunks joined. Lists go at once until one carries text (time to first token: a
+        reasoning model's first token is often its opening marker, which shows nothing); the next ones at most
+        every `stream_interval_ms` (every message through Ray costs CPU on both sides). Cancelled by the ingress
+        (a client that went away), vLLM aborts the request."""
         made: asyncio.Queue = asyncio.Queue()
 
         async def produce() -> None:
@@ -68,12 +69,12 @@ class VariantReplica:
 
         producer = asyncio.create_task(produce())
         loop = asyncio.get_running_loop()
-        first, sent = True, 0.0
+        first, shown, sent = True, False, 0.0  # shown: a list with text went
         try:
             while True:
                 items = [await made.get()]
                 wait = sent + self.interval - loop.time()
-                if not first and wait > 0 and isinstance(items[0], tuple):
+                if shown and wait > 0 and isinstance(items[0], tuple):
                     await asyncio.sleep(wait)  # gather what comes meanwhile into the same message
                 while not made.empty():
                     items.append(made.get_nowait())
@@ -83,6 +84,7 @@ class VariantReplica:
                         chunks[0][1].replica, first = self.replica, False
                     yield chunks
                     sent = loop.time()
+                    shown = shown or any(chunk.reasoning or chunk.answer for _, chunk in chunks)
                 end = items[-1]
                 if isinstance(end, Exception):
                     raise end

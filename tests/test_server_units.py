@@ -288,3 +288,40 @@ def test_a_ray_variant_asks_for_its_replica_count_often_only_while_it_may_change
         assert len(asked) == 3
 
     asyncio.run(scenario())
+
+
+def test_a_ray_replica_sends_at_once_until_text_then_joins_chunks_per_interval():
+    """Under `l2s serve --ray` a replica's messages go at once until one carries text — a reasoning model's first
+    token is often its opening marker, which shows nothing, and holding the next one for the interval cost 250 ms
+    of time to first token — and then at most one per `stream_interval_ms`, each choice's chunks joined."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from server.engine import Chunk
+    from server.ray_serve import VariantReplica
+
+    def chunk(reasoning: str, tokens: int, finish: str | None = None) -> Chunk:
+        return Chunk(reasoning, "", tokens, 0, tokens, finish)
+
+    async def stream(*_args):
+        yield 0, chunk("", 1)  # the opening marker
+        await asyncio.sleep(0.01)
+        yield 0, chunk("a", 2)
+        for tokens in range(3, 6):
+            await asyncio.sleep(0.01)
+            yield 0, chunk("b", tokens, "stop" if tokens == 5 else None)
+
+    replica = VariantReplica.func_or_class.__new__(VariantReplica.func_or_class)
+    replica.engine, replica.interval, replica.replica = SimpleNamespace(stream=stream), 0.2, "r1"
+
+    async def messages():
+        loop, out = asyncio.get_running_loop(), []
+        start = loop.time()
+        async for message in replica.generate("id", [1], None, False):
+            out.append((loop.time() - start, [(index, c.reasoning, c.finish_reason) for index, c in message]))
+        return out
+
+    sent = asyncio.run(messages())
+    assert [texts for _, texts in sent] == [[(0, "", None)], [(0, "a", None)], [(0, "bbb", "stop")]]
+    assert sent[1][0] < 0.1  # the first text at once, not an interval after the marker
+    assert sent[2][0] >= 0.2  # the rest joined, an interval after the first text
