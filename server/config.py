@@ -137,10 +137,11 @@ class RayDeployment(Strict):
     stream_interval_ms: float = Field(
         50,
         ge=0,
-        description="a replica sends a request's new tokens to the ingress at most this often (the first at once): "
-        "every message through Ray costs CPU on the replica, the ingress and the proxy, one per token is the most "
-        "costly (50: Ray Serve LLM's stream batching interval). Raise it where the CPU is short: at 32 streams of "
-        "~15 tokens/s each, 50 ms joins nothing; 250 ms served 2-3x the tokens/s on a 2-core machine (README)",
+        description="a replica sends a request's new tokens to the ingress at most this often (at once until the "
+        "first text): every message through Ray costs CPU on the replica, the ingress and the proxy, one per token is "
+        "the most costly (50: Ray Serve LLM's stream batching interval). Raise it where the CPU is short: at 32 "
+        "streams of ~15 tokens/s each, 50 ms joins nothing; 250 ms served 2-3x the tokens/s on a 2-core machine "
+        "(README)",
     )
 
 
