@@ -136,10 +136,11 @@ lab-eval: setup
 bench: setup
 	$(BIN)/python clients/bench.py --model $(MODELS)/lab-long --requests 64 --rounds 3 --profile --out results/bench
 
-# Ray Serve against the single-process server, and one replica against two (README "Serving at scale").
+# Ray Serve against the single-process server, and one replica against two (README "Serving at scale"); the three
+# servers in turn three times, as this shared machine's speed drifts over minutes (~18 min here).
 bench-ray: setup
 	$(BIN)/python clients/bench_ray.py --model $(MODELS)/lab-long --concurrency 32 --requests 64 --rounds 2 \
-		--out results/bench-ray
+		--passes 3 --out results/bench-ray
 
 # Offline engine start-up and generation speed on the CPU: vLLM's defaults against long2short's (in-process, no AOT).
 bench-engine-start: setup
