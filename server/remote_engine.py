@@ -143,16 +143,16 @@ class RemoteVariant(VariantEngine):
                 done = True
                 return
             except ActorDiedError:
-                self.unsettle()
                 if produced or attempt == RETRIES:
                     raise self._unavailable() from None
+                self.unsettle()  # (retried: `_unavailable` is not reached)
                 logger.warning("variant %s: a replica died before request %s started; retrying", self.name, request_id)
             except RayTaskError as error:  # raised on the replica: its engine died, or the generation failed
                 if type(error.cause).__name__ != "EngineDeadError":
                     raise error.cause from None
-                self.unsettle()
                 if produced or attempt == RETRIES:
                     raise self._unavailable() from None
+                self.unsettle()
                 logger.warning("variant %s: an engine died before request %s started; retrying", self.name, request_id)
             except (RayActorError, RayServeException):  # unreachable, perhaps alive; or no replica to send it to
                 raise self._unavailable() from None
