@@ -69,6 +69,7 @@ lab-dpo-lora: setup
 
 lab-rl-lora: setup
 	$(BIN)/l2s distill rl --recipe configs/distill/rl.yaml --lora --learning-rate 0.0015 --iterations 16 \
+		--consolidation-iterations 0 --validation-problems 256 --validate-every 1 --selection-rule fewest_tokens \
 		--out $(MODELS)/lab-rl-lora
 
 # The LoRA variants beside lab-long (and the full-weight variants made so far), offline, 500 test problems.

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from distill.lora import LoraRecipe, peft_config, save_weights
 from distill.recipe import TaskRecipe
 from distill.rewards import baseline, total_rewards
-from distill.validation import Score, score_policy, select, validation_split
+from distill.validation import Score, SelectionRule, describe_rule, score_policy, select, validation_split
 from l2s.adapters import module_suffixes
 from l2s.atomic import save_figure_atomic, write_text_atomic
 from l2s.cards import atomic_model_dir, new_card, write_card
@@ -70,6 +70,12 @@ class RLRecipe(LoraRecipe, TaskRecipe):
     tau: float = Field(0.5, gt=0, description="KL regulariser τ")
     length_weight: float = Field(1.0, ge=0, description="w, the weight of the length reward")
     length_warmup_iterations: int = Field(2, ge=0, description="iterations without the length reward")
+    consolidation_iterations: int = Field(
+        0,
+        ge=0,
+        description="the last N iterations train on correctness alone (length weight 0), at the length the policy "
+        "has reached: the accuracy lost in shortening comes back without the length growing",
+    )
     length_reward_groups: Literal["all", "all_correct"] = Field(
         "all",
         description="groups that get the length reward: every group (k1.5), or only those whose k samples are "
@@ -113,9 +119,23 @@ class RLRecipe(LoraRecipe, TaskRecipe):
     )
     validate_every: int = Field(2, ge=1, description="score the policy every this many iterations (and the last)")
     selection_tolerance: float = Field(
-        0.01, ge=0, le=1, description="keep the shortest checkpoint within this much validation accuracy of the start"
+        0.01, ge=0, le=1, description="keep only checkpoints within this much validation accuracy of the start"
+    )
+    selection_rule: SelectionRule = Field(
+        "fewest_tokens",
+        description="among those, the one with the fewest reasoning tokens, or the highest AES against the start "
+        "(distill/validation.py)",
     )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _consolidation_after_shortening(self) -> RLRecipe:
+        if self.consolidation_iterations and self.consolidation_iterations >= self.iterations:
+            raise ValueError(
+                f"consolidation_iterations ({self.consolidation_iterations}) must leave iterations "
+                f"({self.iterations}) to shorten in"
+            )
+        return self
 
     @model_validator(mode="after")
     def _rollout_server_without_lora(self) -> RLRecipe:
@@ -491,11 +511,18 @@ def write_logs(run_dir: Path, state: RunState, chosen: int | None) -> None:
     )
 
 
+def length_weight_at(iteration: int, recipe: RLRecipe) -> float:
+    """w for the iteration that starts after `iteration` ones: 0 in the warm-up (standard policy optimisation
+    first, SPEC §3.1) and in the final consolidation iterations, the recipe's in between."""
+    shortening = recipe.length_warmup_iterations <= iteration < recipe.iterations - recipe.consolidation_iterations
+    return recipe.length_weight if shortening else 0.0
+
+
 def chosen_iteration(state: RunState, recipe: RLRecipe) -> int:
     """The iteration the selection rule keeps so far; without validation, the last one."""
     if not state.validation:
         return state.iteration
-    return select([Score(**v) for v in state.validation], recipe.selection_tolerance).iteration
+    return select([Score(**v) for v in state.validation], recipe.selection_tolerance, recipe.selection_rule).iteration
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -651,7 +678,7 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
                 engine, tokenizer, problems, recipe, state, seed=recipe.seed * 1_000_003 + state.iteration * 7919
             )
             sampled = time.time()
-            length_weight = recipe.length_weight if state.iteration >= recipe.length_warmup_iterations else 0.0
+            length_weight = length_weight_at(state.iteration, recipe)
             if not recipe.keep_optimizer_state:  # each iteration a new mirror-descent step from scratch
                 optimizer = new_optimizer(unwrapped(model), recipe)
             trained = train_iteration(model, tokenizer, groups, recipe, length_weight, rng, optimizer) if groups else {}
@@ -776,8 +803,7 @@ def publish(recipe: RLRecipe, out: Path, run_dir: Path, state: RunState, chosen:
                 training={
                     "iterations": state.iteration,
                     "selected_iteration": chosen,
-                    "selection_rule": f"fewest validation reasoning tokens within {recipe.selection_tolerance:.0%} "
-                    "validation accuracy of the start",
+                    "selection_rule": describe_rule(recipe.selection_tolerance, recipe.selection_rule),
                     "validation": state.validation,
                     "history": state.history,
                     "seconds": round(seconds, 1),

@@ -54,8 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     wall = {}
     for seed in seeds:
         model_dir = Path(args.models_dir) / f"{name}-s{seed}"
-        if read_card(model_dir):
-            print(f"{model_dir}: finished earlier, reused")
+        card = read_card(model_dir)
+        if card:
+            changed = recipe_changes(card, {**recipe, "seed": seed})
+            if changed:
+                raise SystemExit(
+                    f"{model_dir} was trained with another recipe ({', '.join(changed)} differ): delete it or "
+                    "give another --models-dir"
+                )
+            print(f"{model_dir}: finished earlier with this recipe, reused")
             continue
         began = time.time()
         command = ["distill", args.method, "--recipe", args.recipe, "--seed", str(seed)]
@@ -83,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         plot_rl_curves(models[1:], seeds, out / "training_curves.png")
     print(table(summary))
     return 0
+
+
+def recipe_changes(card: dict, recipe: dict) -> list[str]:
+    """The recipe fields (other than the start model, given per sweep) whose value in a finished model's card is
+    not the recipe's: a sweep must not report a model trained with an earlier version of its recipe."""
+    trained = card.get("recipe", {})
+    return sorted(key for key, value in recipe.items() if key != "model" and trained.get(key) != value)
 
 
 def summarise(method, start_name, name, seeds, results, wall, models) -> dict:

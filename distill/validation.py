@@ -1,10 +1,16 @@
 """Model selection for RL on a validation split (never the test split).
 
 During a run the policy is scored greedily on a fixed set of validation problems every few iterations (and at
-the start, so the rule has something to compare with). The checkpoint kept is chosen by one stated rule:
+the start, so the rule has something to compare with). The checkpoint kept is chosen by one stated rule, among
+the scored checkpoints whose validation accuracy is within `tolerance` of the start's:
 
-    among the scored checkpoints whose validation accuracy is within `tolerance` of the start's,
-    the one with the fewest mean reasoning tokens (ties: the more accurate, then the earlier).
+    fewest_tokens: the one with the fewest mean reasoning tokens (ties: the more accurate, then the earlier);
+    aes:           the one with the highest accuracy-efficiency score against the start (SPEC §5: ΔL + 3·ΔA, or
+                   ΔL + 5·ΔA when accuracy fell; ties: fewer tokens, then the earlier).
+
+`aes` is the lab recipe's: once a run has reached its shortest, checkpoints a few iterations apart sit at the same
+length but differ by points of greedy accuracy (copy errors that come and go with small weight changes), and
+`fewest_tokens` would pick among them by a tenth of a token. `aes` prices a point of accuracy at 5% of the length.
 
 The start is always eligible, so a run that never shortens without losing accuracy selects iteration 0 — the
 model it started from — and says so, rather than publishing a worse model.
@@ -16,9 +22,12 @@ RL run that drifts late still yields the model it had before it drifted.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
+from eval.metrics import aes
 from l2s.tasks import PromptPolicy, TaskProblem, load_task, split_holdout, without
 
+SelectionRule = Literal["fewest_tokens", "aes"]
 VALIDATION_SEED = 0  # the same validation problems for every run and seed, so their scores compare
 
 
@@ -88,10 +97,28 @@ def score_policy(
     )
 
 
-def select(scores: list[Score], tolerance: float) -> Score:
+def select(scores: list[Score], tolerance: float, rule: SelectionRule = "fewest_tokens") -> Score:
     """The rule in the module docstring. `scores[0]` must be the start's (iteration 0)."""
     if not scores or scores[0].iteration != 0:
         raise ValueError("selection needs the start's score first")
-    floor = scores[0].accuracy - tolerance - 1e-9
+    start = scores[0]
+    floor = start.accuracy - tolerance - 1e-9
     eligible = [s for s in scores if s.accuracy >= floor]
+    if rule == "aes":
+        return min(
+            eligible,
+            key=lambda s: (
+                -(aes(s.accuracy, s.reasoning_tokens, start.accuracy, start.reasoning_tokens) or 0.0),
+                s.reasoning_tokens,
+                s.iteration,
+            ),
+        )
     return min(eligible, key=lambda s: (s.reasoning_tokens, -s.accuracy, s.iteration))
+
+
+def describe_rule(tolerance: float, rule: SelectionRule) -> str:
+    """The rule in words, for the model card."""
+    within = f"within {tolerance:.0%} validation accuracy of the start"
+    if rule == "aes":
+        return f"highest validation AES against the start (dL + 3dA, or dL + 5dA if accuracy fell) {within}"
+    return f"fewest validation reasoning tokens {within}"

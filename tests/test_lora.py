@@ -32,8 +32,8 @@ METHODS = {
     "dpo": [*SAMPLED, "--max-steps", "20", "--learning-rate", "0.0005"],
     # no validation: the last iteration's adapter is the output (lr: the recipe's before it went to 1e-4, with
     # which two iterations of 8 problems were measured to move the adapter off its base)
-    "rl": ["--iterations", "2", "--problems-per-iteration", "8", "--validation-problems", "0"]
-    + ["--learning-rate", "0.00015"],
+    "rl": ["--iterations", "2", "--consolidation-iterations", "0", "--problems-per-iteration", "8"]
+    + ["--validation-problems", "0", "--learning-rate", "0.00015"],
 }
 QUESTIONS = [problem.question for problem in generate_problems("test", 8, seed=7, levels=(2,))]
 

@@ -95,6 +95,39 @@ def test_checkpoint_selection_rule():
         select([kept], tolerance=0.01)  # the start's score must come first
 
 
+def test_aes_selection_prefers_the_accurate_checkpoint_at_the_same_length():
+    from distill.validation import Score, select
+
+    start = Score(0, accuracy=0.992, reasoning_tokens=232)
+    longer = Score(4, accuracy=1.0, reasoning_tokens=170)  # more accurate, but 27% of the tokens back: AES lower
+    shortest = Score(26, accuracy=0.983, reasoning_tokens=87.4)  # what "fewest tokens" keeps
+    accurate = Score(30, accuracy=1.0, reasoning_tokens=87.7)  # a third of a token more, 1.7 points better
+    drifted = Score(32, accuracy=0.90, reasoning_tokens=60)  # outside the tolerance, whatever its AES
+    scores = [start, longer, shortest, accurate, drifted]
+    assert select(scores, tolerance=0.01) == shortest
+    assert select(scores, tolerance=0.01, rule="aes") == accurate
+    assert select([start, drifted], tolerance=0.01, rule="aes") == start
+
+
+def test_length_weight_schedule_warm_up_shorten_consolidate():
+    from distill.rl import RLRecipe, length_weight_at
+
+    schedule = {"length_weight": 0.25, "length_warmup_iterations": 1, "consolidation_iterations": 2}
+    recipe = RLRecipe(model="m", iterations=6, **schedule)
+    assert [length_weight_at(i, recipe) for i in range(6)] == [0.0, 0.25, 0.25, 0.25, 0.0, 0.0]
+    with pytest.raises(ValueError, match="consolidation_iterations"):
+        RLRecipe(model="m", iterations=8, consolidation_iterations=8)
+
+
+def test_a_seed_sweep_refuses_a_model_trained_with_another_recipe():
+    from distill.seeds import recipe_changes
+
+    card = {"recipe": {"model": "models/lab-long", "iterations": 24, "tau": 0.125, "seed": 1}}
+    assert recipe_changes(card, {"model": "elsewhere", "iterations": 24, "tau": 0.125, "seed": 1}) == []
+    changed = {"model": "models/lab-long", "iterations": 32, "tau": 0.125, "seed": 1, "consolidation_iterations": 8}
+    assert recipe_changes(card, changed) == ["consolidation_iterations", "iterations"]
+
+
 def test_atomic_write_replaces_whole_files(tmp_path):
     from l2s.atomic import write_text_atomic
 
