@@ -766,14 +766,16 @@ def start_processes():
 
 def continues(saved: RLRecipe, recipe: RLRecipe) -> bool:
     """Whether `recipe` may resume a run of `saved`: the same recipe, or the same with more iterations where the
-    iteration count shapes nothing else (without the curriculum, whose schedule spans the run), so that a run
-    extended from 12 to 16 iterations is exactly a 16-iteration run. `merge_adapter` only shapes the output, and
+    iteration count shapes nothing else (without the curriculum, whose schedule spans the run, and without
+    consolidation iterations, which are the run's last), so that a run extended from 12 to 16 iterations is exactly
+    a 16-iteration run. `merge_adapter` only shapes the output, and
     `rollout_server` only where the same samples come from."""
     saved = saved.model_copy(update={"merge_adapter": recipe.merge_adapter, "rollout_server": recipe.rollout_server})
     if saved == recipe:
         return True
     extended = saved.model_copy(update={"iterations": recipe.iterations})
-    return extended == recipe and recipe.iterations > saved.iterations and not recipe.curriculum
+    spans_the_run = recipe.curriculum or recipe.consolidation_iterations
+    return extended == recipe and recipe.iterations > saved.iterations and not spans_the_run
 
 
 def publish(recipe: RLRecipe, out: Path, run_dir: Path, state: RunState, chosen: int) -> Path:

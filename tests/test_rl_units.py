@@ -110,13 +110,15 @@ def test_aes_selection_prefers_the_accurate_checkpoint_at_the_same_length():
 
 
 def test_length_weight_schedule_warm_up_shorten_consolidate():
-    from distill.rl import RLRecipe, length_weight_at
+    from distill.rl import RLRecipe, continues, length_weight_at
 
     schedule = {"length_weight": 0.25, "length_warmup_iterations": 1, "consolidation_iterations": 2}
     recipe = RLRecipe(model="m", iterations=6, **schedule)
     assert [length_weight_at(i, recipe) for i in range(6)] == [0.0, 0.25, 0.25, 0.25, 0.0, 0.0]
     with pytest.raises(ValueError, match="consolidation_iterations"):
         RLRecipe(model="m", iterations=8, consolidation_iterations=8)
+    # the last iterations are the consolidation's, so a longer run is not this run continued
+    assert not continues(recipe, recipe.model_copy(update={"iterations": 10}))
 
 
 def test_a_seed_sweep_refuses_a_model_trained_with_another_recipe():
