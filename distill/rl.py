@@ -130,10 +130,11 @@ class RLRecipe(LoraRecipe, TaskRecipe):
 
     @model_validator(mode="after")
     def _consolidation_after_shortening(self) -> RLRecipe:
-        if self.consolidation_iterations and self.consolidation_iterations >= self.iterations:
+        shortening = self.iterations - self.length_warmup_iterations - self.consolidation_iterations
+        if self.consolidation_iterations and shortening < 1:
             raise ValueError(
-                f"consolidation_iterations ({self.consolidation_iterations}) must leave iterations "
-                f"({self.iterations}) to shorten in"
+                f"consolidation_iterations ({self.consolidation_iterations}) after length_warmup_iterations "
+                f"({self.length_warmup_iterations}) must leave some of the {self.iterations} iterations to shorten in"
             )
         return self
 
@@ -786,7 +787,8 @@ def publish(recipe: RLRecipe, out: Path, run_dir: Path, state: RunState, chosen:
 
     checkpoint = checkpoint_dir(run_dir, chosen) if chosen else None
     if chosen == 0:
-        print("warning: no checkpoint kept the start's validation accuracy with fewer tokens; the output is the start")
+        rule = describe_rule(recipe.selection_tolerance, recipe.selection_rule)
+        print(f"warning: no checkpoint beat the start by the selection rule ({rule}); the output is the start")
         torch.manual_seed(recipe.seed)
     model = load_policy(recipe, checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint or recipe.model_path)

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = Path(args.models_dir) / f"{name}-s{seed}"
         card = read_card(model_dir)
         if card:
-            changed = recipe_changes(card, {**recipe, "seed": seed})
+            changed = recipe_changes(card, trained_recipe(args.method, args.recipe, seed))
             if changed:
                 raise SystemExit(
                     f"{model_dir} was trained with another recipe ({', '.join(changed)} differ): delete it or "
@@ -92,9 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def trained_recipe(method: str, path: str, seed: int) -> dict:
+    """Every setting a seed's run gets (the YAML, validated, with the code's defaults), as its card records them."""
+    from distill.dpo import DPORecipe
+    from distill.rl import RLRecipe
+    from distill.shortest import ShortestRecipe
+
+    recipe_class = {"rl": RLRecipe, "shortest": ShortestRecipe, "dpo": DPORecipe}[method]
+    return recipe_class.load(path, {"seed": seed}).model_dump()
+
+
 def recipe_changes(card: dict, recipe: dict) -> list[str]:
     """The recipe fields (other than the start model, given per sweep) whose value in a finished model's card is
-    not the recipe's: a sweep must not report a model trained with an earlier version of its recipe."""
+    not the recipe's: a sweep must not report a model trained with an earlier version of its recipe (or of the
+    code's defaults)."""
     trained = card.get("recipe", {})
     return sorted(key for key, value in recipe.items() if key != "model" and trained.get(key) != value)
 

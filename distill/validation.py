@@ -5,12 +5,13 @@ the start, so the rule has something to compare with). The checkpoint kept is ch
 the scored checkpoints whose validation accuracy is within `tolerance` of the start's:
 
     fewest_tokens: the one with the fewest mean reasoning tokens (ties: the more accurate, then the earlier);
-    aes:           the one with the highest accuracy-efficiency score against the start (SPEC §5: ΔL + 3·ΔA, or
-                   ΔL + 5·ΔA when accuracy fell; ties: fewer tokens, then the earlier).
+    aes:           of those no longer than the start, the one with the highest accuracy-efficiency score against
+                   it (SPEC §5: ΔL + 3·ΔA, or ΔL + 5·ΔA when accuracy fell; ties: fewer tokens, then the earlier).
 
 `aes` is the lab recipe's: once a run has reached its shortest, checkpoints a few iterations apart sit at the same
 length but differ by points of greedy accuracy (copy errors that come and go with small weight changes), and
-`fewest_tokens` would pick among them by a tenth of a token. `aes` prices a point of accuracy at 5% of the length.
+`fewest_tokens` would pick among them by a tenth of a token. `aes` prices a point of accuracy lost at 5% of the
+length (a point gained at 3%).
 
 The start is always eligible, so a run that never shortens without losing accuracy selects iteration 0 — the
 model it started from — and says so, rather than publishing a worse model.
@@ -104,9 +105,9 @@ def select(scores: list[Score], tolerance: float, rule: SelectionRule = "fewest_
     start = scores[0]
     floor = start.accuracy - tolerance - 1e-9
     eligible = [s for s in scores if s.accuracy >= floor]
-    if rule == "aes":
+    if rule == "aes":  # a long2short run never hands back a model longer than its start
         return min(
-            eligible,
+            [s for s in eligible if s.reasoning_tokens <= start.reasoning_tokens],
             key=lambda s: (
                 -(aes(s.accuracy, s.reasoning_tokens, start.accuracy, start.reasoning_tokens) or 0.0),
                 s.reasoning_tokens,

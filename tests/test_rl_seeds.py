@@ -15,9 +15,9 @@ from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.seeds]  # `make test-rl-seeds`, not `make test` (see the Makefile)
 
-# 5 of the recipe's 24 iterations, 32 of its 64 problems each in minibatches of 4 (so each iteration takes as many
-# optimiser steps as the recipe's: with AdamW's moments kept, fewer steps shorten too little to measure); selection
-# on 64 validation problems (the recipe's rule); no consolidation iterations, so that all 5 shorten
+# 5 of the recipe's 24 shortening iterations, 32 of its 64 problems each in minibatches of 4 (so each iteration
+# takes as many optimiser steps as the recipe's: with AdamW's moments kept, fewer steps shorten too little to
+# measure); selection on 64 validation problems (the recipe's rule); no consolidation iterations: all 5 shorten
 SHORTENED = ["--iterations", "5", "--problems-per-iteration", "32", "--minibatch-problems", "4"]
 SHORTENED += ["--consolidation-iterations", "0", "--validation-problems", "64"]
 SEEDS = (0, 1)

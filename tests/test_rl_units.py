@@ -107,6 +107,8 @@ def test_aes_selection_prefers_the_accurate_checkpoint_at_the_same_length():
     assert select(scores, tolerance=0.01) == shortest
     assert select(scores, tolerance=0.01, rule="aes") == accurate
     assert select([start, drifted], tolerance=0.01, rule="aes") == start
+    longer_than_start = Score(6, accuracy=1.0, reasoning_tokens=240)  # AES +0.02: more accurate, but longer
+    assert select([start, longer_than_start], tolerance=0.01, rule="aes") == start
 
 
 def test_length_weight_schedule_warm_up_shorten_consolidate():
@@ -116,18 +118,24 @@ def test_length_weight_schedule_warm_up_shorten_consolidate():
     recipe = RLRecipe(model="m", iterations=6, **schedule)
     assert [length_weight_at(i, recipe) for i in range(6)] == [0.0, 0.25, 0.25, 0.25, 0.0, 0.0]
     with pytest.raises(ValueError, match="consolidation_iterations"):
-        RLRecipe(model="m", iterations=8, consolidation_iterations=8)
+        RLRecipe(model="m", iterations=9, length_warmup_iterations=1, consolidation_iterations=8)  # none shortens
     # the last iterations are the consolidation's, so a longer run is not this run continued
     assert not continues(recipe, recipe.model_copy(update={"iterations": 10}))
 
 
 def test_a_seed_sweep_refuses_a_model_trained_with_another_recipe():
-    from distill.seeds import recipe_changes
+    import json
 
-    card = {"recipe": {"model": "models/lab-long", "iterations": 24, "tau": 0.125, "seed": 1}}
-    assert recipe_changes(card, {"model": "elsewhere", "iterations": 24, "tau": 0.125, "seed": 1}) == []
-    changed = {"model": "models/lab-long", "iterations": 32, "tau": 0.125, "seed": 1, "consolidation_iterations": 8}
-    assert recipe_changes(card, changed) == ["consolidation_iterations", "iterations"]
+    from distill.seeds import recipe_changes, trained_recipe
+    from tests.conftest import ROOT
+
+    for method in ("rl", "shortest", "dpo"):
+        recipe = trained_recipe(method, str(ROOT / "configs" / "distill" / f"{method}.yaml"), seed=1)
+        card = {"recipe": json.loads(json.dumps({**recipe, "model": "elsewhere"}))}  # as a card reads back
+        assert recipe_changes(card, recipe) == [], method
+        assert recipe_changes(card, {**recipe, "seed": 2}) == ["seed"], method
+    older = {key: value for key, value in card["recipe"].items() if key != "epochs"}  # a field it predates
+    assert recipe_changes({"recipe": older}, recipe) == ["epochs"]
 
 
 def test_atomic_write_replaces_whole_files(tmp_path):
