@@ -89,7 +89,8 @@ SEEDS ?= 0,1,2
 lab-seeds: lab-rl-seeds lab-shortest-seeds lab-dpo-seeds
 
 lab-rl-seeds: setup
-	$(BIN)/python -m distill.seeds rl --recipe configs/distill/rl.yaml --seeds $(SEEDS) --out results/seeds-rl
+	$(BIN)/python -m distill.seeds rl --recipe configs/distill/rl.yaml --seeds $(SEEDS) --wide-eval-problems 1092 \
+		--out results/seeds-rl
 
 lab-shortest-seeds: setup
 	$(BIN)/python -m distill.seeds shortest --recipe configs/distill/shortest.yaml --seeds $(SEEDS) \

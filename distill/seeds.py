@@ -40,7 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="the start model (default: the recipe's)")
     parser.add_argument("--name", default=None, help="model name prefix (default: lab-METHOD)")
     parser.add_argument("--models-dir", default="runs/seeds", help="where the per-seed models go")
-    parser.add_argument("--eval-problems", type=int, default=500)
+    parser.add_argument("--eval-problems", type=int, default=500, help="test problems the goal is judged on")
+    parser.add_argument(
+        "--wide-eval-problems",
+        type=int,
+        default=0,
+        help="also evaluate on this many test problems (the lab's whole test split: 1092), for a narrower interval "
+        "than 500 problems give; reported beside, not instead",
+    )
     parser.add_argument("--out", required=True, help="results directory")
     args = parser.parse_args(argv)
 
@@ -72,23 +79,29 @@ def main(argv: list[str] | None = None) -> int:
         wall[seed] = round(time.time() - began, 1)
 
     models = [start] + [Path(args.models_dir) / f"{name}-s{seed}" for seed in seeds]
-    evaluation = out / "eval"
-    command = [sys.executable, "-m", "l2s.cli", "eval", "--offline", "--task", "lab", "--budgets", "none"]
-    command += ["--num-problems", str(args.eval_problems), "--reference", start.name, "--out", str(evaluation)]
-    for model in models:
-        command += ["--model", str(model)]
-    subprocess.run(command, check=True)
 
-    results = {r["model"]: r for r in json.loads((evaluation / "results.json").read_text())["results"]}
-    summary = summarise(args.method, start.name, name, seeds, results, wall, models)
+    def evaluate(problems: int, evaluation: Path) -> dict:
+        command = [sys.executable, "-m", "l2s.cli", "eval", "--offline", "--task", "lab", "--budgets", "none"]
+        command += ["--num-problems", str(problems), "--reference", start.name, "--out", str(evaluation)]
+        for model in models:
+            command += ["--model", str(model)]
+        subprocess.run(command, check=True)
+        results = {r["model"]: r for r in json.loads((evaluation / "results.json").read_text())["results"]}
+        return summarise(args.method, start.name, name, seeds, results, wall, models) | {"test_problems": problems}
+
+    evaluation = out / "eval"
+    summary = evaluate(args.eval_problems, evaluation)
+    if args.wide_eval_problems:
+        summary["wide"] = evaluate(args.wide_eval_problems, out / "eval-wide")
     summary["command"] = "python -m distill.seeds " + " ".join(sys.argv[1:] if argv is None else argv)
     write_text_atomic(out / "seeds.json", json.dumps(summary, indent=2) + "\n")
-    write_text_atomic(out / "seeds.md", table(summary))
+    report = table(summary) + (table(summary["wide"]) if "wide" in summary else "")
+    write_text_atomic(out / "seeds.md", report)
     # where the lost points went (first mistake by kind, the long trace's optional parts kept): `l2s lab errors`
     write_text_atomic(out / "errors.md", render_errors(error_table(evaluation / "samples.jsonl")) + "\n")
     if args.method == "rl":
         plot_rl_curves(models[1:], seeds, out / "training_curves.png")
-    print(table(summary))
+    print(report)
     return 0
 
 
@@ -155,7 +168,8 @@ def table(summary: dict) -> str:
     start = summary["start"]
     lines = [
         f"# {summary['method']} over seeds, from {start['model']} "
-        f"({start['accuracy']:.1%} at {start['mean_reasoning_tokens']:.1f} reasoning tokens)",
+        f"({start['accuracy']:.1%} at {start['mean_reasoning_tokens']:.1f} reasoning tokens)"
+        + (f", on {summary['test_problems']} test problems" if "test_problems" in summary else ""),
         "",
         "| seed | accuracy (95% CI) | by level 1 / 2 / 3 | mean reasoning tokens (vs start) | AES | kept iteration "
         "| goal met |",
