@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["wide"] = evaluate(args.wide_eval_problems, out / "eval-wide")
     summary["command"] = "python -m distill.seeds " + " ".join(sys.argv[1:] if argv is None else argv)
     write_text_atomic(out / "seeds.json", json.dumps(summary, indent=2) + "\n")
-    report = table(summary) + (table(summary["wide"]) if "wide" in summary else "")
+    report = table(summary) + ("\n" + table(summary["wide"]) if "wide" in summary else "")
     write_text_atomic(out / "seeds.md", report)
     # where the lost points went (first mistake by kind, the long trace's optional parts kept): `l2s lab errors`
     write_text_atomic(out / "errors.md", render_errors(error_table(evaluation / "samples.jsonl")) + "\n")

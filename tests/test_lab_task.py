@@ -110,3 +110,10 @@ def test_lab_errors_command_writes_its_table(tmp_path, capsys):
     written = (tmp_path / "errors.md").read_text()
     assert written.strip() == capsys.readouterr().out.strip()
     assert f"| m | {problem.level} | 2 | 1 | 0 | 0 | 0 | 1 | 0 |" in written  # the one wrong: its answer
+
+    # the same eval directory after the model was retrained under its name: only the new weights' samples count
+    retrained = [{**row, "model_version": "new", "correct": True} for row in rows]
+    older = [{**row, "model_version": "old"} for row in rows]
+    samples.write_text("".join(json.dumps(row) + "\n" for row in older + retrained))
+    assert main(["lab", "errors", str(samples), "--out", str(tmp_path / "errors.md")]) == 0
+    assert f"| m | {problem.level} | 2 | 0 |" in (tmp_path / "errors.md").read_text()

@@ -79,6 +79,10 @@ def error_table(samples_path: Path) -> list[dict]:
     long trace appear (per sample: what long2short removes), and the wrong ones among samples that repeat a step
     (`Again:`) and among those that do not (what accuracy may rest on)."""
     samples = [json.loads(line) for line in samples_path.read_text().splitlines() if line.strip()]
+    # an eval directory keeps the samples of an older model that had the same name (they are never reused, see
+    # eval/runner.py's model_version): count each model's newest weights only, the last version its lines name
+    newest = {sample["model"]: sample.get("model_version") for sample in samples}
+    samples = [sample for sample in samples if sample.get("model_version") == newest[sample["model"]]]
     problems = problems_by_id({s["problem_id"] for s in samples})
     rows: dict[tuple[str, str], dict] = {}
     for sample in samples:
