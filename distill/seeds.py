@@ -168,8 +168,8 @@ def table(summary: dict) -> str:
     start = summary["start"]
     lines = [
         f"# {summary['method']} over seeds, from {start['model']} "
-        f"({start['accuracy']:.1%} at {start['mean_reasoning_tokens']:.1f} reasoning tokens)"
-        + (f", on {summary['test_problems']} test problems" if "test_problems" in summary else ""),
+        f"({start['accuracy']:.1%} at {start['mean_reasoning_tokens']:.1f} reasoning tokens), "
+        f"on {summary['test_problems']} test problems",
         "",
         "| seed | accuracy (95% CI) | by level 1 / 2 / 3 | mean reasoning tokens (vs start) | AES | kept iteration "
         "| goal met |",
