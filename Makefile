@@ -9,7 +9,7 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "
 
 .PHONY: setup deps browser playground-screenshots lab serve test test-fast test-rl-seeds lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-merge-sweep lab-eval bench loadtest \
 	lab-seeds lab-rl-seeds lab-shortest-seeds lab-dpo-seeds lab-rl-other-lab \
-	lab-lora lab-shortest-lora lab-dpo-lora lab-rl-lora lab-lora-eval bench-lora bench-ray bench-engine-start
+	lab-lora lab-shortest-lora lab-dpo-lora lab-rl-lora lab-lora-eval bench-lora bench-ray bench-engine-start bench-distill
 
 setup: $(VENV)/.deps-installed lab browser
 
@@ -147,6 +147,11 @@ bench-ray: setup
 # Offline engine start-up and generation speed on the CPU: vLLM's defaults against long2short's (in-process, no AOT).
 bench-engine-start: setup
 	$(BIN)/python clients/bench_engine_start.py --model $(MODELS)/lab-long --out results/bench-engine-start
+
+# Distill at scale (README "Training at scale"): vLLM vs HF generate sampling, RL on 1 vs 2 processes, colocated
+# engine vs rollout server.
+bench-distill: setup
+	$(BIN)/python clients/bench_distill.py --model $(MODELS)/lab-long --out results/bench-distill
 
 loadtest: setup
 	$(BIN)/l2s loadtest --spawn --users 16 --spawn-rate 4 --duration 60s --out results/loadtest

@@ -45,7 +45,18 @@ from tqdm.auto import tqdm
 
 from distill.lora import LoraRecipe, peft_config, save_weights
 from distill.recipe import TaskRecipe
+from distill.reporting import MetricsReport, ReportingRecipe
 from distill.rewards import baseline, total_rewards
+from distill.sharding import (
+    check_fsdp_settings,
+    fsdp_requested,
+    full_optimizer_state,
+    full_weights,
+    gradient_sync,
+    is_sharded,
+    load_optimizer_state,
+    shard_policy,
+)
 from distill.validation import Score, SelectionRule, describe_rule, score_policy, select, validation_split
 from l2s.adapters import module_suffixes
 from l2s.atomic import save_figure_atomic, write_text_atomic
@@ -63,7 +74,7 @@ if TYPE_CHECKING:  # torch is imported where it runs: `l2s --help` loads this mo
     import torch
 
 
-class RLRecipe(LoraRecipe, TaskRecipe):
+class RLRecipe(LoraRecipe, ReportingRecipe, TaskRecipe):
     iterations: int = Field(10, ge=1, description="RL iterations (sample, then train)")
     problems_per_iteration: int = Field(64, ge=1, description="problems sampled per iteration")
     k: int = Field(8, ge=2, description="samples per problem")
@@ -327,7 +338,7 @@ def new_optimizer(model, recipe: RLRecipe) -> torch.optim.Optimizer:
 
 
 def unwrapped(model):
-    """The policy itself: under `accelerate launch` the model trains wrapped in DDP."""
+    """The policy itself: under `accelerate launch` the model trains wrapped in DDP (FSDP2 shards it in place)."""
     from torch.nn.parallel import DistributedDataParallel
 
     return model.module if isinstance(model, DistributedDataParallel) else model
@@ -363,11 +374,12 @@ def train_iteration(
     # log π_θi of every sample, before any update (θ = θi now); each process computes its share
     policy = unwrapped(model)
     mine = shard(range(len(batch)))
-    with torch.no_grad():
-        shares = [
-            sequence_logprobs(policy, [batch[i][0] for i in chunk], [batch[i][1] for i in chunk], pad)
-            for chunk in _chunks(mine, recipe.micro_batch_size or 64)
-        ]
+    shares = []
+    with torch.no_grad():  # (as many forwards on every process: under FSDP each forward gathers weights)
+        for chunk in equal_rounds(mine, len(batch), recipe.micro_batch_size or 64):
+            rows = chunk or [0]  # (an empty round still runs its forward, on one sample, left out)
+            logprobs = sequence_logprobs(policy, [batch[i][0] for i in rows], [batch[i][1] for i in rows], pad)
+            shares.append(logprobs[: len(chunk)])
     device = next(policy.parameters()).device
     reference = torch.tensor(gather_shards(torch.cat(shares).tolist() if shares else [], len(batch)), device=device)
     per_step = recipe.minibatch_problems * recipe.k
@@ -383,13 +395,14 @@ def train_iteration(
             # Under `accelerate launch` each process takes every world_size-th sample of it; DDP averages the
             # processes' gradients, so each share is weighted world_size times more. Gradients are reduced once,
             # on each process's last micro-batch; a process with no sample in the minibatch still takes part in
-            # that reduction, with one sample weighted 0.
+            # that reduction, with one sample weighted 0 (and so in every micro-batch under FSDP, whose forwards and
+            # backwards are all collective: every process runs as many).
             share = shard(chunk)
-            micros = list(_chunks(share, recipe.micro_batch_size or max(1, len(share)))) or [[]]
+            micros = equal_rounds(share, len(chunk), recipe.micro_batch_size or len(chunk))
             for number, micro in enumerate(micros):
                 items = [batch[i] for i in micro or chunk[:1]]
                 last = number == len(micros) - 1
-                with nullcontext() if last or world_size() == 1 else model.no_sync():
+                with gradient_sync(model, last):
                     logprobs = sequence_logprobs(model, [b[0] for b in items], [b[1] for b in items], pad)
                     loss = opmd_loss(
                         logprobs,
@@ -440,6 +453,13 @@ def _chunks(items: list, size: int):
         yield items[start : start + size]
 
 
+def equal_rounds(share: list, total: int, size: int) -> list[list]:
+    """`share` (this process's part of `total` items) in chunks of `size`, as many chunks on every process (the
+    largest share's count; at least one), the missing ones empty. On one process: the share's own chunks."""
+    rounds = max(1, math.ceil(math.ceil(total / world_size()) / size))
+    return [share[number * size : (number + 1) * size] for number in range(rounds)]
+
+
 # --- engine weights and checkpoints --------------------------------------------------------------------------------
 
 
@@ -475,17 +495,32 @@ def load_policy(recipe: RLRecipe, checkpoint: Path | None):
     return PeftModel.from_pretrained(base, checkpoint, is_trainable=True)
 
 
+def whole_state(model, optimizer) -> tuple[dict | None, dict | None]:
+    """The policy's weights (None: the model's own, unsharded) and AdamW's state (None: not kept) to checkpoint;
+    under FSDP every process takes part in gathering them and the main process receives them."""
+    if not is_sharded(model):
+        return None, optimizer.state_dict() if optimizer is not None else None
+    return full_weights(model), full_optimizer_state(model, optimizer) if optimizer is not None else None
+
+
 def save_checkpoint(
-    run_dir: Path, model, tokenizer, state: RunState, rng: random.Random, chosen: int, optimizer=None
+    run_dir: Path,
+    model,
+    tokenizer,
+    state: RunState,
+    rng: random.Random,
+    chosen: int,
+    weights: dict | None = None,
+    optimizer_state: dict | None = None,
 ) -> Path:
     import torch
 
     final = checkpoint_dir(run_dir, state.iteration)
     with atomic_model_dir(final) as temporary:
-        model.save_pretrained(temporary)
+        model.save_pretrained(temporary, **({"state_dict": weights} if weights is not None else {}))
         tokenizer.save_pretrained(temporary)
-        if optimizer is not None:  # a resumed run must continue with the same moments to stay bit for bit
-            torch.save(optimizer.state_dict(), temporary / OPTIMIZER_FILE)
+        if optimizer_state is not None:  # a resumed run must continue with the same moments to stay bit for bit
+            torch.save(optimizer_state, temporary / OPTIMIZER_FILE)
         write_state(temporary, state, rng)
     keep = {checkpoint_dir(run_dir, n).name for n in (state.iteration, state.iteration - 1, chosen)}
     for older in run_dir.glob("iter-*"):  # the last two (to resume) and the selected one (the output)
@@ -573,7 +608,7 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
 
     from l2s.generation import close_engine, open_engine
 
-    accelerator = start_processes()  # under `accelerate launch`: DDP over the launched processes; else None
+    accelerator = start_processes()  # under `accelerate launch`: the processes joined (DDP or FSDP); else None
     recipe_path = run_dir / "recipe.json"
     if (
         resume
@@ -609,16 +644,22 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
             print(f"resuming after iteration {state.iteration} from {start_from}")
     else:
         rng, state = random.Random(recipe.seed), RunState()
+    if accelerator and fsdp_requested():  # sharded before AdamW is made, so its moments are sharded too
+        model = shard_policy(model)
     optimizer = new_optimizer(model, recipe)
     if start_from and recipe.keep_optimizer_state:
         try:
-            optimizer.load_state_dict(torch.load(start_from / OPTIMIZER_FILE))
+            saved = torch.load(start_from / OPTIMIZER_FILE)
+            if is_sharded(model):
+                load_optimizer_state(model, optimizer, saved)
+            else:
+                optimizer.load_state_dict(saved)
         except Exception as error:  # (torch raises several kinds for a damaged file)
             raise CorruptFile(
                 f"{start_from / OPTIMIZER_FILE}: does not load ({error}); delete {start_from} to resume from the "
                 "checkpoint before it"
             ) from None
-    if accelerator:  # DDP around the policy; the optimiser stays plain AdamW (DDP reduces the gradients it steps on)
+    if accelerator and not is_sharded(model):  # DDP around the policy; AdamW stays plain (DDP reduces gradients)
         model = accelerator.prepare_model(model)
     try:
         pool, held_out = validation_split(recipe)
@@ -661,6 +702,9 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
             refresh_engine(engine, start_from, recipe, state.iteration)
     else:
         engine = open_engine(start_from or recipe.model_path, engine_settings)
+    report = None
+    if recipe.report_to and is_main():
+        report = MetricsReport(recipe.report_to, run_dir, out.name, recipe.model_dump(), state.iteration)
     progress = tqdm(
         total=recipe.iterations,
         initial=state.iteration,
@@ -706,15 +750,11 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
             state.history.append(metrics)
             state.iteration += 1
             checkpoint = checkpoint_dir(run_dir, state.iteration)
-            if is_main():  # (the processes' weights and moments are the same: DDP)
+            # the whole weights and moments: on every process under DDP, gathered from the shards under FSDP
+            weights, moments = whole_state(model, optimizer if recipe.keep_optimizer_state else None)
+            if is_main():
                 save_checkpoint(
-                    run_dir,
-                    unwrapped(model),
-                    tokenizer,
-                    state,
-                    rng,
-                    chosen_iteration(state, recipe),
-                    optimizer if recipe.keep_optimizer_state else None,
+                    run_dir, unwrapped(model), tokenizer, state, rng, chosen_iteration(state, recipe), weights, moments
                 )
             barrier()  # the checkpoint is complete before any engine loads it
             stopping = stop_after is not None and stop_after <= state.iteration < recipe.iterations
@@ -723,6 +763,9 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
                 validate_if_due()
             if is_main():
                 write_logs(run_dir, state, chosen_iteration(state, recipe))
+            if report:
+                scored = [v for v in state.validation if v["iteration"] == state.iteration]
+                report.log({"train": metrics, **({"validation": scored[0]} if scored else {})}, state.iteration)
             progress.update(1)
             progress.set_postfix(acc=f"{metrics['accuracy']:.2f}", len=f"{metrics['mean_length']:.0f}")
             if stopping:
@@ -732,6 +775,8 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
     finally:
         progress.close()
         close_engine(engine)
+        if report:
+            report.close()
     if not is_main():
         return out
     chosen = chosen_iteration(state, recipe)
@@ -741,9 +786,9 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
 
 def start_processes():
     """Under `accelerate launch` with more than one process: accelerate's `Accelerator`, which joins the processes
-    (gloo on the CPU, NCCL on GPUs) and wraps the policy in DDP. One process: None (nothing is wrapped). RL's
-    training loop is its own (micro-batches, weighted shares), so it runs on DDP; FSDP and DeepSpeed, which shard
-    the weights and own the optimiser step, are for shortest and dpo (TRL's trainers)."""
+    (gloo on the CPU, NCCL on GPUs). The policy then trains under DDP (wrapped by accelerate) or, when the launch
+    asks for FSDP, sharded with FSDP2 (distill/sharding.py). One process: None (nothing is wrapped). DeepSpeed,
+    which owns the optimiser step, is for shortest and dpo (TRL's trainers)."""
     if world_size() == 1:
         return None
     import torch
@@ -751,17 +796,19 @@ def start_processes():
     from accelerate.utils import DistributedType
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    if accelerator.distributed_type not in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+    kinds = (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU, DistributedType.FSDP)
+    if accelerator.distributed_type not in kinds:
         raise SystemExit(
-            f"distill rl runs on DDP (accelerate's multi-GPU or multi-CPU), not {accelerator.distributed_type.value}"
+            f"distill rl runs on DDP or FSDP (accelerate's multi-GPU, multi-CPU or FSDP), not "
+            f"{accelerator.distributed_type.value}"
         )
     if accelerator.mixed_precision != "no":  # (the policy's own autocast already runs the forward in bf16 on GPUs)
         raise SystemExit(f"distill rl: launch with --mixed_precision no, not {accelerator.mixed_precision}")
+    if fsdp_requested():
+        check_fsdp_settings()
     if is_main():
-        print(
-            f"rl on {world_size()} processes ({accelerator.distributed_type.value}): each samples and trains on its "
-            "share of every iteration's problems"
-        )
+        how = "FSDP, the policy sharded" if fsdp_requested() else accelerator.distributed_type.value
+        print(f"rl on {world_size()} processes ({how}): each samples and trains on its share of every iteration")
     return accelerator
 
 
@@ -769,9 +816,11 @@ def continues(saved: RLRecipe, recipe: RLRecipe) -> bool:
     """Whether `recipe` may resume a run of `saved`: the same recipe, or the same with more iterations where the
     iteration count shapes nothing else (without the curriculum, whose schedule spans the run, and without
     consolidation iterations, which are the run's last), so that a run extended from 12 to 16 iterations is exactly
-    a 16-iteration run. `merge_adapter` only shapes the output, and
-    `rollout_server` only where the same samples come from."""
-    saved = saved.model_copy(update={"merge_adapter": recipe.merge_adapter, "rollout_server": recipe.rollout_server})
+    a 16-iteration run. `merge_adapter` only shapes the output, `rollout_server` only where the same samples come
+    from, and `report_to` only where the metrics are also logged."""
+    saved = saved.model_copy(
+        update={key: getattr(recipe, key) for key in ("merge_adapter", "rollout_server", "report_to")}
+    )
     if saved == recipe:
         return True
     extended = saved.model_copy(update={"iterations": recipe.iterations})

@@ -116,11 +116,12 @@ def trained_recipe(method: str, path: str, seed: int) -> dict:
 
 
 def recipe_changes(card: dict, recipe: dict) -> list[str]:
-    """The recipe fields (other than the start model, given per sweep) whose value in a finished model's card is
-    not the recipe's: a sweep must not report a model trained with an earlier version of its recipe (or of the
-    code's defaults)."""
+    """The recipe fields (other than the start model, given per sweep, and the trackers) whose value in a finished
+    model's card is not the recipe's: a sweep must not report a model trained with an earlier version of its recipe
+    (or of the code's defaults)."""
     trained = card.get("recipe", {})
-    return sorted(key for key, value in recipe.items() if key != "model" and trained.get(key) != value)
+    ignored = ("model", "report_to")  # (where metrics were also logged changes no model)
+    return sorted(key for key, value in recipe.items() if key not in ignored and trained.get(key) != value)
 
 
 def summarise(method, start_name, name, seeds, results, wall, models) -> dict:

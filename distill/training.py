@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from pydantic import Field
 
 from distill.lora import LoraRecipe, save_weights
 from distill.recipe import TaskRecipe
+from distill.reporting import ReportingRecipe
 from l2s.atomic import write_text_atomic
 from l2s.cards import atomic_model_dir, new_card, stable_hash, write_card
 from l2s.distributed import is_main, world_size
@@ -28,7 +30,7 @@ from l2s.tasks import TaskProblem, load_task
 logger = logging.getLogger("l2s")
 
 
-class TrainedRecipe(LoraRecipe, TaskRecipe):
+class TrainedRecipe(LoraRecipe, ReportingRecipe, TaskRecipe):
     """The settings shortest and dpo share: what to sample (k per problem) and how TRL trains on it (all the
     weights, or a LoRA adapter)."""
 
@@ -110,11 +112,13 @@ def longest_prompt(tokenizer, prompts: list[list[dict] | str]) -> int:
 
 def common_training_arguments(recipe, work_dir: Path, max_length: int) -> dict:
     """Settings every TRL trainer here takes: the GPU with bf16 when there is one (else the CPU in float32),
-    checkpoints every `save_steps` (kept: the last two), loss logged every 10 steps or fewer, a progress bar, no
-    external reporting."""
+    checkpoints every `save_steps` (kept: the last two), loss logged every 10 steps or fewer, a progress bar, and
+    the recipe's trackers (`report_to`; none by default)."""
     import torch
 
     gpu = torch.cuda.is_available()
+    if "tensorboard" in recipe.report_to:  # beside the checkpoints, where RL writes its own (RUN_DIR/tensorboard)
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(work_dir / "tensorboard"))
     return dict(
         output_dir=str(work_dir / "checkpoints"),
         num_train_epochs=recipe.epochs,
@@ -129,7 +133,7 @@ def common_training_arguments(recipe, work_dir: Path, max_length: int) -> dict:
         save_strategy="steps",
         save_steps=recipe.save_steps,
         save_total_limit=2,
-        report_to=[],
+        report_to=list(recipe.report_to),
         use_cpu=not gpu,
         bf16=gpu and torch.cuda.is_bf16_supported(),
         gradient_checkpointing=recipe.gradient_checkpointing,
@@ -144,7 +148,7 @@ def common_training_arguments(recipe, work_dir: Path, max_length: int) -> dict:
 def work_dir_for(out: Path, recipe, data: list) -> Path:
     """Where a run keeps its checkpoints: keyed on the output's absolute path, the recipe and the training data,
     so that only the same run resumes from them (a changed recipe or a rebuilt model starts afresh)."""
-    return run_dir_for("distill", out, recipe.model_dump(), data)
+    return run_dir_for("distill", out, recipe.model_dump(exclude={"report_to"}), data)  # (logging changes nothing)
 
 
 def train_resumably(trainer, work_dir: Path) -> None:

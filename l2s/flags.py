@@ -19,6 +19,7 @@ def _flag_type(annotation) -> tuple[Any, dict]:
         return None, {"choices": list(typing.get_args(annotation))}
     if typing.get_origin(annotation) is list:
         (item,) = typing.get_args(annotation)
+        item = str if typing.get_origin(item) is Literal else item  # (the recipe checks the choices)
         return None, {
             "type": lambda text: [item(part) for part in text.split(",") if part.strip()],
             "metavar": "A,B,...",

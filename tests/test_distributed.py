@@ -1,7 +1,7 @@
 """Distill under `accelerate launch` (issue #16): two processes on this CPU (torchrun, gloo). shortest and dpo:
 sampling once, training spread by TRL's trainer, the model written once. rl: each process samples and trains on
-its share, and two processes give what one gives (same global batch, same seeds), also when killed and
-resumed."""
+its share, and two processes give what one gives (same global batch, same seeds) under DDP and under FSDP, also
+when killed and resumed, at the same or another number of processes."""
 
 from __future__ import annotations
 
@@ -23,10 +23,16 @@ from tests.test_kill_resume import _count, _once, _run, _run_through_kills
 
 pytestmark = pytest.mark.slow
 
-# accelerate 1.x starts one process for `--cpu --num_processes N` unless mpirun is set up; `--multi_gpu` launches
-# N processes through torchrun, and the trainer (use_cpu on a machine without a GPU) joins them with gloo
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "l2s.cli"]  # fmt: skip
+# accelerate 1.x starts one process for `--cpu --num_processes N` unless mpirun is set up; the shipped CPU config
+# (configs/accelerate/cpu-ddp-2.yaml) launches 2 through torchrun, and each (the trainer's use_cpu, or RL on a
+# machine without a GPU) joins with gloo
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+          str(ROOT / "configs" / "accelerate" / "cpu-ddp-2.yaml"), "-m", "l2s.cli"]  # fmt: skip
+# FSDP by accelerate's flags, whose defaults load the weights on the first process only (as on GPU machines);
+# accelerate applies FSDP only on accelerators, RL shards its policy itself
+FSDP_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
+               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "l2s.cli"]  # fmt: skip
 SEED = 16  # the kill moment is drawn from it
 
 
@@ -92,8 +98,9 @@ def _logs(home: Path, name: str) -> list[dict]:
 
 
 def _same_run(one: Path, other: Path) -> float:
-    """Require the run in `other` to be the one in `one`: the same samples, rewards and validation scores, losses
-    and weights equal to float rounding. Returns the largest weight difference."""
+    """Require the run in `other` to be the one in `one`: the same samples, rewards and validation scores, losses,
+    weights and AdamW moments equal to float rounding. Returns the largest weight difference."""
+    import torch
     from safetensors.torch import load_file
 
     exact = ("problems", "accuracy", "mean_length", "mean_length_spread", "mean_reward", "length_weight")
@@ -105,6 +112,12 @@ def _same_run(one: Path, other: Path) -> float:
     weights, others = load_file(one / "lab-rl" / "model.safetensors"), load_file(other / "lab-rl" / "model.safetensors")
     gap = max((weights[name] - others[name]).abs().max().item() for name in weights)
     assert 0 <= gap < 1e-4, f"weights differ by {gap}"  # (measured: 4e-7 on two processes, 0 from a server)
+    (first_run,), (second_run,) = (list((home / "runs" / "rl").glob("lab-rl-*")) for home in (one, other))
+    moments, others = (torch.load(run / "iter-0002" / "optimizer.pt") for run in (first_run, second_run))
+    assert moments["param_groups"] == others["param_groups"] and moments["state"].keys() == others["state"].keys()
+    for number, state in moments["state"].items():  # (measured: 1e-7 apart under FSDP)
+        for name, value in state.items():
+            assert torch.allclose(value, others["state"][number][name], rtol=1e-3, atol=1e-6), (number, name)
     assert json.loads((other / "lab-rl" / "card.json").read_text())["training"]["iterations"] == 2
     return gap
 
@@ -134,6 +147,25 @@ def test_rl_on_two_processes_gives_what_one_gives_also_when_killed_and_resumed(l
     assert at_kills == [1], f"the kill did not land between the two checkpoints: {at_kills}"
     gap = _same_run(one_process_rl, two)
     print(f"one vs two processes: largest weight difference {gap:.1e}; checkpoints at the kill: {at_kills}")
+
+
+def test_rl_sharded_with_fsdp_gives_what_one_process_gives_and_resumes_on_one(lab_models, one_process_rl, tmp_path):
+    """The same run on two processes with the policy sharded by FSDP (each holding half of every weight, gradient
+    and moment) and every minibatch in micro-batches of 5 (as many on both processes, FSDP's forwards being
+    collective; gradients reduced on the last), killed after its first checkpoint, and resumed on ONE process from
+    that checkpoint (written whole by the main process): a checkpoint of any world size resumes at any other."""
+    sharded = tmp_path / "fsdp"
+    rng = random.Random(SEED + 1)
+    kill = _once(lambda: _count("runs/rl/lab-rl-*/iter-0001/state.json", sharded), rng.uniform(0, 1))
+    log = tmp_path / "fsdp.log"
+    args = _rl_args(lab_models, sharded, "--micro-batch-size", "5")
+    assert _run(args, kill(), sharded, FSDP_LAUNCH, log) is None, "finished before the kill"
+    assert "rl on 2 processes (FSDP, the policy sharded)" in log.read_text()
+    assert _count("runs/rl/lab-rl-*/iter-*/state.json", sharded) == 1, "the kill did not land after checkpoint 1"
+    assert _run(args, home=sharded, log=log) == 0
+    assert "resuming after iteration 1" in log.read_text()
+    gap = _same_run(one_process_rl, sharded)
+    print(f"one process vs FSDP on two, resumed on one: largest weight difference {gap:.1e}")
 
 
 def test_rl_from_a_rollout_server_gives_what_its_own_engine_gives(lab_models, one_process_rl, tmp_path):

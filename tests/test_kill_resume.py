@@ -29,14 +29,20 @@ Kill = Callable[[], bool]  # polled while the command runs; true: kill it now
 L2S = [sys.executable, "-m", "l2s.cli"]
 
 
-def _run(args: list[str], kill: Kill | None = None, home: Path | None = None, command: list[str] = L2S) -> int | None:
+def _run(
+    args: list[str],
+    kill: Kill | None = None,
+    home: Path | None = None,
+    command: list[str] = L2S,
+    log: Path | None = None,
+) -> int | None:
     """Run `l2s ARGS` (or `command ARGS`) in a process group of its own (with `home` as its L2S_HOME, the lab cache
-    off); when `kill()` turns true, SIGKILL the whole group. Returns the exit status, or None if it was killed
-    first."""
+    off; its output to `log`, if given); when `kill()` turns true, SIGKILL the whole group. Returns the exit status,
+    or None if it was killed first."""
     env = {**os.environ, "L2S_CACHE": "off", **({"L2S_HOME": str(home)} if home else {})}
     process = subprocess.Popen(
         [*command, *args], cwd=ROOT, start_new_session=True, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=log.open("w") if log else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 900
     while process.poll() is None and time.monotonic() < deadline:

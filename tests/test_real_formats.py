@@ -177,10 +177,13 @@ def test_eval_and_distill_on_the_r1_format(real_models, tmp_path):
     assert result["accuracy"] >= 0.9 and result["mean_reasoning_tokens"] > 50
     shortest = _l2s(
         "distill", "shortest", "--model", r1, "--task", f"jsonl:{jsonl}", "--num-problems", "24", "--k", "4",
-        "--max-steps", "2", "--batch-size", "8", "--out", str(tmp_path / "r1-shortest"), cwd=tmp_path,
+        "--max-steps", "2", "--batch-size", "8", "--report-to", "tensorboard", "--out", str(tmp_path / "r1-shortest"),
+        cwd=tmp_path,
     )  # fmt: skip
     assert shortest.returncode == 0, (shortest.stdout + shortest.stderr)[-3000:]
     assert read_card(tmp_path / "r1-shortest")["parents"] == ["tiny-r1"]
+    (work_dir,) = (tmp_path / "runs/distill").glob("r1-shortest-*")
+    assert "train/loss" in _tensorboard_scalars(work_dir / "tensorboard")  # TRL's trainer, told by the recipe
     dpo = _l2s(
         "distill", "dpo", "--model", r1, "--task", f"jsonl:{jsonl}", "--num-problems", "24", "--k", "4",
         "--max-steps", "2", "--batch-size", "4", "--out", str(tmp_path / "r1-dpo"), cwd=tmp_path,
@@ -189,13 +192,23 @@ def test_eval_and_distill_on_the_r1_format(real_models, tmp_path):
     assert read_card(tmp_path / "r1-dpo")["data"]["pairs"] > 0
     rl = _l2s(
         "distill", "rl", "--model", r1, "--task", f"jsonl:{jsonl}", "--iterations", "1", "--problems-per-iteration",
-        "4", "--k", "4", "--max-tokens", "400", "--validation-problems", "8", "--out", str(tmp_path / "r1-rl"),
-        cwd=tmp_path,
+        "4", "--k", "4", "--max-tokens", "400", "--validation-problems", "8", "--report-to", "tensorboard",
+        "--out", str(tmp_path / "r1-rl"), cwd=tmp_path,
     )  # fmt: skip
     assert rl.returncode == 0, (rl.stdout + rl.stderr)[-3000:]
     (run_dir,) = (tmp_path / "runs/rl").glob("r1-rl-*")
     (metrics,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics["accuracy"] > 0.5 and metrics["engine_logprob_gap"] < 0.05
+    scalars = _tensorboard_scalars(run_dir / "tensorboard")
+    assert {"train/accuracy", "train/kl_term", "validation/accuracy", "validation/reasoning_tokens"} <= scalars
+
+
+def _tensorboard_scalars(directory) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(directory))
+    events.Reload()
+    return set(events.Tags()["scalars"])
 
 
 def test_merge_two_qwen3_models(real_models, tmp_path):

@@ -59,3 +59,39 @@ def test_working_state_lives_under_l2s_home(tmp_path, monkeypatch):
     assert (tmp_path / "home" / "registered_variants.yaml").is_file()
     assert registered_variants() == {"mine": str(tmp_path.resolve())}
     assert cache_path(tmp_path, [], SampleSettings()).parent == tmp_path / "home" / "runs" / "samples"
+
+
+@pytest.mark.parametrize("path", sorted(Path("configs/accelerate").glob("*.yaml")), ids=lambda path: path.name)
+def test_shipped_accelerate_configs_load_and_name_only_known_settings(path):
+    """Each file in configs/accelerate loads as accelerate's own config (which refuses unknown top-level keys),
+    and every key of its fsdp_config / deepspeed_config is one of `accelerate launch`'s settings (those it does not
+    check itself). RL's FSDP settings are the ones distill/sharding.py reads or refuses."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    config = load_config_from_file(str(path))
+    settings = {action.dest for action in launch_command_parser()._actions}
+    for section in (config.fsdp_config, config.deepspeed_config):
+        assert set(section) <= settings, set(section) - settings
+    assert config.mixed_precision == "no"  # RL refuses accelerate's mixed precision
+    assert config.num_processes % config.num_machines == 0
+    if config.fsdp_config:
+        assert config.fsdp_config["fsdp_version"] == 2
+        assert not config.fsdp_config["fsdp_offload_params"] and not config.fsdp_config["fsdp_activation_checkpointing"]
+
+
+def test_report_to_names_installed_trackers_only(monkeypatch):
+    """`--report-to tensorboard,wandb` parses into the recipe; a tracker that is not installed, or unknown, is
+    refused when the recipe loads (not dropped at the first log)."""
+    import importlib.util
+
+    parser = argparse.ArgumentParser()
+    add_recipe_flags(parser, RLRecipe)
+    overrides = recipe_overrides(parser.parse_args(["--model", "m", "--report-to", "tensorboard"]), RLRecipe)
+    assert RLRecipe.load(None, overrides).report_to == ["tensorboard"]
+    with pytest.raises(RecipeError, match="literal_error|Input should be"):
+        RLRecipe.load(None, {"model": "m", "report_to": ["neptune"]})
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "wandb" else found(name))
+    with pytest.raises(RecipeError, match="the wandb package is not installed"):
+        ShortestRecipe.load(None, {"model": "m", "report_to": ["wandb"]})

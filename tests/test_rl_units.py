@@ -223,3 +223,17 @@ def test_level_share_draws_more_problems_where_the_last_iteration_failed():
     assert choose_problems(list(pool), recipe, RunState(), random.Random(0)) == choose_problems(
         list(pool), recipe.model_copy(update={"level_share": 0.0}), RunState(), random.Random(0)
     )
+
+
+def test_every_process_runs_as_many_micro_batches(monkeypatch):
+    """Under FSDP every forward and backward is collective: the processes' shares of a minibatch come in as many
+    micro-batches on each (the missing ones empty, weighted 0); on one process, the share's own chunks."""
+    from distill.rl import equal_rounds
+    from l2s.distributed import shard
+
+    assert equal_rounds(list(range(10)), 10, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert equal_rounds([], 0, 4) == [[]]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, expected in ((0, [[0, 2], [4]]), (1, [[1, 3], []])):
+        monkeypatch.setenv("RANK", str(rank))
+        assert equal_rounds(shard(list(range(5))), 5, 2) == expected
