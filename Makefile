@@ -8,7 +8,7 @@ VLLM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "vllm>=0.12" || ec
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
 .PHONY: setup deps browser playground-screenshots lab serve test test-fast test-rl-seeds lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-merge-sweep lab-eval bench loadtest \
-	lab-seeds lab-rl-seeds lab-shortest-seeds lab-dpo-seeds lab-rl-other-lab \
+	lab-seeds lab-rl-seeds lab-rl-lora-seeds lab-shortest-seeds lab-dpo-seeds lab-rl-other-lab \
 	lab-lora lab-shortest-lora lab-dpo-lora lab-rl-lora lab-lora-eval bench-lora bench-ray bench-engine-start bench-distill
 
 setup: $(VENV)/.deps-installed lab browser
@@ -57,7 +57,8 @@ lab-rl: setup
 	$(BIN)/l2s distill rl --recipe configs/distill/rl.yaml --out $(MODELS)/lab-rl
 
 # LoRA variants (README "LoRA variants"): the same recipes training an adapter of lab-long instead of every weight;
-# `l2s serve` hosts them on lab-long's engine. A LoRA takes a larger learning rate: ten times its recipe's.
+# `l2s serve` hosts them on lab-long's engine. A LoRA takes a larger learning rate (shortest, DPO: ten times
+# their recipes'; RL: its own recipe, configs/distill/rl-lora.yaml, at five times).
 lab-lora: lab-shortest-lora lab-dpo-lora lab-rl-lora
 
 lab-shortest-lora: setup
@@ -68,9 +69,7 @@ lab-dpo-lora: setup
 	$(BIN)/l2s distill dpo --recipe configs/distill/dpo.yaml --lora --learning-rate 0.0003 --out $(MODELS)/lab-dpo-lora
 
 lab-rl-lora: setup
-	$(BIN)/l2s distill rl --recipe configs/distill/rl.yaml --lora --learning-rate 0.0015 --iterations 16 \
-		--consolidation-iterations 0 --validation-problems 256 --validate-every 1 --selection-rule fewest_tokens \
-		--out $(MODELS)/lab-rl-lora
+	$(BIN)/l2s distill rl --recipe configs/distill/rl-lora.yaml --out $(MODELS)/lab-rl-lora
 
 # The LoRA variants beside lab-long (and the full-weight variants made so far), offline, 500 test problems.
 lab-lora-eval: setup
@@ -91,6 +90,11 @@ lab-seeds: lab-rl-seeds lab-shortest-seeds lab-dpo-seeds
 lab-rl-seeds: setup
 	$(BIN)/python -m distill.seeds rl --recipe configs/distill/rl.yaml --seeds $(SEEDS) --wide-eval-problems 1092 \
 		--out results/seeds-rl
+
+# RL as a LoRA adapter over seeds (issue #18's quality goal: beside full-weight lab-rl)
+lab-rl-lora-seeds: setup
+	$(BIN)/python -m distill.seeds rl --recipe configs/distill/rl-lora.yaml --seeds $(SEEDS) --name lab-rl-lora \
+		--out results/seeds-rl-lora
 
 lab-shortest-seeds: setup
 	$(BIN)/python -m distill.seeds shortest --recipe configs/distill/shortest.yaml --seeds $(SEEDS) \

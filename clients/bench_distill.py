@@ -10,9 +10,10 @@
 3. RL's rollouts from its own (colocated) engine and from a separate `l2s distill rollout-server` (vLLM's server on
    loopback, weights handed over by checkpoint path).
 
-Every RL run is `l2s distill rl` from `--model` for `--iterations` iterations (the first, a warm-up of the length
-reward, is left out of the means). Writes DIR/bench_distill.json and DIR/summary.md. A benchmark, not a test: the
-figures depend on the machine (on 2 cores, 2 processes share the cores one process already uses).
+Every RL run is `l2s distill rl` from `--model` with the RL recipe's defaults (no validation, one warm-up iteration
+of the length reward, left out of the means) for `--iterations` iterations. Writes DIR/bench_distill.json and
+DIR/summary.md. A benchmark, not a test: the figures depend on the machine (on 2 cores, 2 processes share the
+cores one process already uses).
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ def sampling_hf(model: str, problems: list, batch_problems: int) -> dict:
             output = policy.generate(input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=1.0,
                                      top_k=0, top_p=1.0, max_new_tokens=MAX_TOKENS, num_return_sequences=K,
                                      pad_token_id=pad, eos_token_id=eos)  # fmt: skip
-        for row in output[:, width:].tolist():  # the tokens up to and with the first end of sequence
-            tokens += row.index(eos) + 1 if eos in row else len(row)
+        for row in output[:, width:].tolist():  # the tokens before the first end of sequence (as vLLM's token_ids)
+            tokens += row.index(eos) if eos in row else len(row)
     seconds = time.monotonic() - started
     return {"seconds": round(seconds, 1), "generated_tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
             "batch_problems": batch_problems}  # fmt: skip
@@ -87,7 +88,7 @@ def rl_run(model: str, iterations: int, problems: int, launcher: list[str], extr
     with tempfile.TemporaryDirectory() as home:
         command = [*launcher, "distill", "rl", "--model", model, "--iterations", str(iterations),
                    "--problems-per-iteration", str(problems), "--k", str(K), "--max-tokens", str(MAX_TOKENS),
-                   "--validation-problems", "0", "--consolidation-iterations", "0",
+                   "--length-warmup-iterations", "1", "--validation-problems", "0", "--consolidation-iterations", "0",
                    "--out", str(Path(home) / "models" / "bench-rl"), *extra]  # fmt: skip
         env = {**os.environ, "L2S_HOME": home, "L2S_CACHE": "off"}
         started = time.monotonic()
@@ -102,7 +103,8 @@ def rl_run(model: str, iterations: int, problems: int, launcher: list[str], extr
     sampling = sum(h["sampling_seconds"] for h in measured) / len(measured)
     training = sum(h["training_seconds"] for h in measured) / len(measured)
     trained = sum(h["mean_length"] * h["problems"] * K for h in measured) / len(measured)  # tokens per epoch
-    return {"wall_s": round(wall, 1), "iterations_measured": len(measured), "sampling_s": round(sampling, 1),
+    return {"wall_s": round(wall, 1), "iterations_measured": len(measured), "epochs": epochs,
+            "sampling_s": round(sampling, 1),
             "training_s": round(training, 1), "iteration_s": round(sampling + training, 1),
             "tokens_trained_per_s": round(trained * epochs / training, 1)}  # fmt: skip
 
@@ -126,21 +128,29 @@ def with_rollout_server(model: str, function):
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(1)
+                pass
+            time.sleep(1)
+        else:
+            raise SystemExit("the rollout server did not come up in 10 minutes")
         return function(f"http://127.0.0.1:{port}")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(60)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--problems", type=int, default=64, help="problems sampled (k = 8 each), and per RL iteration")
-    parser.add_argument("--iterations", type=int, default=4, help="RL iterations per run (the first not measured)")
+    parser.add_argument("--iterations", type=int, default=4, help="RL iterations per run (≥ 2; the first not measured)")
     parser.add_argument("--hf-batch-problems", type=int, default=16, help="problems per `generate` call (× k rows)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.iterations < 2:
+        parser.error("--iterations must be at least 2 (the first, the length reward's warm-up, is not measured)")
 
     from l2s.tasks import load_task
 
@@ -194,8 +204,8 @@ def summary(meta: dict, r: dict) -> str:
         "",
         f"vLLM / HF: **{vllm['tokens_per_s'] / hf['tokens_per_s']:.2f}×** tokens per second (goal ≥ 2×).",
         "",
-        f"## RL iterations ({meta['problems']} problems × {meta['k']} samples, 2 epochs; means over iterations "
-        f"2–{meta['rl_iterations']})",
+        f"## RL iterations ({meta['problems']} problems × {meta['k']} samples, {one['epochs']} epochs; "
+        f"means over iterations 2–{meta['rl_iterations']})",
         "",
         "| layout | iteration s | sampling s | training s | tokens trained/s | whole run s (start-up included) |",
         "|---|---|---|---|---|---|",

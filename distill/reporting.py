@@ -5,10 +5,14 @@ metrics and validation scores itself, from the main process, beside its metrics.
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import uuid
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
+
+from l2s.atomic import write_text_atomic
 
 Tracker = Literal["tensorboard", "wandb"]
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -32,19 +36,25 @@ class ReportingRecipe(BaseModel):
 
 class MetricsReport:
     """RL's per-iteration scalars to TensorBoard (`RUN_DIR/tensorboard`) and Weights & Biases. After a resume the
-    TensorBoard log drops what it had after the resumed iteration (`purge_step`), so nothing is logged twice."""
+    TensorBoard log drops what it had after the resumed iteration (`purge_step`), so nothing is logged twice, and
+    the W&B run continues; a fresh run (no --resume) starts a new W&B run and a new TensorBoard log."""
 
     def __init__(self, trackers: list[str], run_dir: Path, name: str, config: dict, start_iteration: int):
         self.writer = self.wandb = None
         if "tensorboard" in trackers:
             from torch.utils.tensorboard import SummaryWriter
 
+            if start_iteration == 0:  # (a fresh run over an old one's directory)
+                shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
             self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_iteration + 1)
         if "wandb" in trackers:
             import wandb
 
-            # one W&B run per run directory, continued on --resume
-            self.wandb = wandb.init(project="long2short", name=name, id=run_dir.name, resume="allow", config=config)
+            id_file = run_dir / "wandb_id"
+            if start_iteration == 0 or not id_file.is_file():
+                write_text_atomic(id_file, f"{run_dir.name}-{uuid.uuid4().hex[:8]}")
+            run_id = id_file.read_text()
+            self.wandb = wandb.init(project="long2short", name=name, id=run_id, resume="allow", config=config)
 
     def log(self, scalars: dict, iteration: int) -> None:
         flat = dict(_flatten(scalars))

@@ -392,11 +392,10 @@ def train_iteration(
             optimizer.zero_grad(set_to_none=True)
             loss_value = 0.0
             # The minibatch's mean loss, as a sum over micro-batches each weighted by its share of the minibatch.
-            # Under `accelerate launch` each process takes every world_size-th sample of it; DDP averages the
-            # processes' gradients, so each share is weighted world_size times more. Gradients are reduced once,
-            # on each process's last micro-batch; a process with no sample in the minibatch still takes part in
-            # that reduction, with one sample weighted 0 (and so in every micro-batch under FSDP, whose forwards and
-            # backwards are all collective: every process runs as many).
+            # Under `accelerate launch` each process takes every world_size-th sample of it; DDP and FSDP average
+            # the processes' gradients, so each share is weighted world_size times more. Every process runs as many
+            # micro-batches (FSDP's forwards and backwards are collective), one sample weighted 0 where its share
+            # has none; DDP reduces the gradients once, on the last, FSDP into its shards on each.
             share = shard(chunk)
             micros = equal_rounds(share, len(chunk), recipe.micro_batch_size or len(chunk))
             for number, micro in enumerate(micros):
@@ -715,6 +714,8 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
     )
     try:
         validate_if_due()
+        if report and state.iteration == 0 and state.validation:  # the start's score
+            report.log({"validation": state.validation[0]}, 0)
         while state.iteration < recipe.iterations:
             torch.manual_seed(recipe.seed * 100_003 + state.iteration)
             started = time.time()

@@ -52,13 +52,27 @@ def shard_policy(model):
     layer_classes = set(getattr(base, "_no_split_modules", None) or [])
     if not layer_classes:
         raise SystemExit(f"distill rl under FSDP: {type(base).__name__} names no decoder layer (_no_split_modules)")
-    keep = ("false", "shard_grad_op", "no_reshard")  # (FSDP2's boolean, FSDP1's strategy names)
-    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in keep
+    reshard = reshard_after_forward()
     for module in model.modules():
         if type(module).__name__ in layer_classes:
             fully_shard(module, reshard_after_forward=reshard)
     fully_shard(model, reshard_after_forward=reshard)
     return model
+
+
+def reshard_after_forward() -> bool:
+    """FSDP2's `fsdp_reshard_after_forward` (true: FULL_SHARD), or an FSDP1 config's sharding strategy mapped onto
+    it: FULL_SHARD frees the gathered weights after each forward, SHARD_GRAD_OP keeps them; the others
+    (NO_SHARD, HYBRID_*) have no FSDP2 equivalent here and are refused."""
+    if os.environ.get("FSDP_VERSION", "1") == "2":
+        return os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("false", "0")
+    strategy = os.environ.get("FSDP_SHARDING_STRATEGY", "FULL_SHARD").upper()
+    mapped = {"FULL_SHARD": True, "1": True, "SHARD_GRAD_OP": False, "2": False}
+    if strategy not in mapped:
+        raise SystemExit(
+            f"distill rl under FSDP: sharding strategy {strategy} is not supported (FULL_SHARD, SHARD_GRAD_OP)"
+        )
+    return mapped[strategy]
 
 
 def is_sharded(model) -> bool:
@@ -69,21 +83,15 @@ def is_sharded(model) -> bool:
 
 @contextmanager
 def gradient_sync(model, enabled: bool):
-    """Reduce the gradients of this backward across processes (`enabled`) or accumulate them locally, for
-    DDP (`no_sync`) and FSDP (`set_requires_gradient_sync`) alike; a no-op on one process."""
+    """Under DDP, reduce the gradients of this backward across processes (`enabled`) or accumulate them locally
+    (`no_sync`) until the minibatch's last micro-batch. FSDP reduces every micro-batch's gradients into their
+    shards (without the reduction it would hold whole, unsharded gradients until the last one). A no-op on one
+    process."""
     from torch.nn.parallel import DistributedDataParallel
 
-    if enabled:
-        yield
-    elif isinstance(model, DistributedDataParallel):
+    if not enabled and isinstance(model, DistributedDataParallel):
         with model.no_sync():
             yield
-    elif is_sharded(model):
-        model.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            model.set_requires_gradient_sync(True)
     else:
         yield
 
@@ -94,7 +102,9 @@ def full_weights(model) -> dict | None:
     writes it from an unsharded model."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    whole = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # (frozen weights — a LoRA policy's base — are the start model's, never written: not gathered either)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    whole = get_model_state_dict(model, options=options)
     own = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
     return {name: tensor for name, tensor in whole.items() if name in own} or None
 
@@ -104,6 +114,8 @@ def full_optimizer_state(model, optimizer) -> dict | None:
     parameters' order), None on the others; every process must call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+    if not optimizer.state:  # never stepped: nothing to gather (and torch's gathering would take a step to find out)
+        return optimizer.state_dict()
     by_name = get_optimizer_state_dict(
         model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
@@ -126,6 +138,10 @@ def load_optimizer_state(model, optimizer, saved: dict) -> None:
         get_optimizer_state_dict,
         set_optimizer_state_dict,
     )
+
+    if not saved["state"]:  # saved before its first step: only the settings
+        optimizer.load_state_dict(saved)
+        return
 
     names = [name for group in get_optimizer_state_dict(model, optimizer)["param_groups"] for name in group["params"]]
     by_name = {

@@ -118,7 +118,7 @@ def common_training_arguments(recipe, work_dir: Path, max_length: int) -> dict:
 
     gpu = torch.cuda.is_available()
     if "tensorboard" in recipe.report_to:  # beside the checkpoints, where RL writes its own (RUN_DIR/tensorboard)
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(work_dir / "tensorboard"))
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(work_dir / "tensorboard")
     return dict(
         output_dir=str(work_dir / "checkpoints"),
         num_train_epochs=recipe.epochs,
