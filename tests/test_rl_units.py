@@ -237,3 +237,37 @@ def test_every_process_runs_as_many_micro_batches(monkeypatch):
     for rank, expected in ((0, [[0, 2], [4]]), (1, [[1, 3], []])):
         monkeypatch.setenv("RANK", str(rank))
         assert equal_rounds(shard(list(range(5))), 5, 2) == expected
+
+
+def test_metrics_report_continues_a_resumed_run_and_starts_a_fresh_one_anew(tmp_path, monkeypatch):
+    """RL's trackers: TensorBoard scalars (nested keys joined by '/'), and one W&B run per RL run — the same id on a
+    resume, a new one when a fresh run reuses the run directory (W&B would drop its steps below the old run's)."""
+    import sys
+    import types
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from distill.reporting import MetricsReport
+
+    runs = []  # what each wandb.init was given, and what its run logged
+
+    def init(**settings):
+        runs.append(settings)
+        logged = settings.setdefault("logged", [])
+        return types.SimpleNamespace(log=lambda values, step: logged.append((step, values)), finish=lambda: None)
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+
+    def run(start: int) -> None:
+        report = MetricsReport(["tensorboard", "wandb"], tmp_path, "lab-rl", {}, start)
+        report.log({"train": {"accuracy": 0.5, "accuracy_by_level": {"3": 0.25}, "note": "x"}}, start + 1)
+        report.close()
+
+    run(0)
+    run(1)  # resumed after iteration 1
+    run(0)  # a fresh run over the same directory
+    assert runs[0]["id"] == runs[1]["id"] != runs[2]["id"] and runs[1]["resume"] == "allow"
+    assert runs[0]["logged"] == [(1, {"train/accuracy": 0.5, "train/accuracy_by_level/3": 0.25})]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/accuracy")] == [1]  # the fresh run's log only
