@@ -111,30 +111,18 @@ def rl_run(model: str, iterations: int, problems: int, launcher: list[str], extr
 
 def with_rollout_server(model: str, function):
     """Start `l2s distill rollout-server` on loopback, run `function(url)`, stop the server."""
-    import httpx
-
-    from l2s.local_server import free_port
+    from l2s.local_server import free_port, wait_healthy
 
     port = free_port()
+    url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "l2s.cli", "distill", "rollout-server", "--model", model,
                                "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                raise SystemExit("the rollout server exited while starting")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            raise SystemExit("the rollout server did not come up in 10 minutes")
-        return function(f"http://127.0.0.1:{port}")
+        wait_healthy(url, server, timeout=600)
+        return function(url)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        os.killpg(server.pid, signal.SIGTERM)  # (the server and its engine processes)
         try:
             server.wait(60)
         except subprocess.TimeoutExpired:

@@ -16,6 +16,8 @@ from l2s.atomic import write_text_atomic
 
 Tracker = Literal["tensorboard", "wandb"]
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+# recipe fields that only say where metrics are also logged: never part of what makes two runs the same run
+LOGGING_FIELDS = ("report_to",)
 
 
 class ReportingRecipe(BaseModel):

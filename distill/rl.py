@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from distill.lora import LoraRecipe, peft_config, save_weights
 from distill.recipe import TaskRecipe
-from distill.reporting import MetricsReport, ReportingRecipe
+from distill.reporting import LOGGING_FIELDS, MetricsReport, ReportingRecipe
 from distill.rewards import baseline, total_rewards
 from distill.sharding import (
     check_fsdp_settings,
@@ -820,7 +820,7 @@ def continues(saved: RLRecipe, recipe: RLRecipe) -> bool:
     a 16-iteration run. `merge_adapter` only shapes the output, `rollout_server` only where the same samples come
     from, and `report_to` only where the metrics are also logged."""
     saved = saved.model_copy(
-        update={key: getattr(recipe, key) for key in ("merge_adapter", "rollout_server", "report_to")}
+        update={key: getattr(recipe, key) for key in ("merge_adapter", "rollout_server", *LOGGING_FIELDS)}
     )
     if saved == recipe:
         return True

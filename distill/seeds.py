@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from distill.reporting import LOGGING_FIELDS
 from l2s.atomic import save_figure_atomic, write_text_atomic
 from l2s.cards import read_card
 from l2s.jsonl import read_yaml
@@ -120,7 +121,7 @@ def recipe_changes(card: dict, recipe: dict) -> list[str]:
     model's card is not the recipe's: a sweep must not report a model trained with an earlier version of its recipe
     (or of the code's defaults)."""
     trained = card.get("recipe", {})
-    ignored = ("model", "report_to")  # (where metrics were also logged changes no model)
+    ignored = ("model", *LOGGING_FIELDS)
     return sorted(key for key, value in recipe.items() if key not in ignored and trained.get(key) != value)
 
 

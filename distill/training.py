@@ -20,7 +20,7 @@ from pydantic import Field
 
 from distill.lora import LoraRecipe, save_weights
 from distill.recipe import TaskRecipe
-from distill.reporting import ReportingRecipe
+from distill.reporting import LOGGING_FIELDS, ReportingRecipe
 from l2s.atomic import write_text_atomic
 from l2s.cards import atomic_model_dir, new_card, stable_hash, write_card
 from l2s.distributed import is_main, world_size
@@ -148,7 +148,7 @@ def common_training_arguments(recipe, work_dir: Path, max_length: int) -> dict:
 def work_dir_for(out: Path, recipe, data: list) -> Path:
     """Where a run keeps its checkpoints: keyed on the output's absolute path, the recipe and the training data,
     so that only the same run resumes from them (a changed recipe or a rebuilt model starts afresh)."""
-    return run_dir_for("distill", out, recipe.model_dump(exclude={"report_to"}), data)  # (logging changes nothing)
+    return run_dir_for("distill", out, recipe.model_dump(exclude=set(LOGGING_FIELDS)), data)
 
 
 def train_resumably(trainer, work_dir: Path) -> None:
