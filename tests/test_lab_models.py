@@ -34,6 +34,9 @@ def test_lab_targets(lab_models):
     sampling = long["sampling"]
     assert sampling["k"] == 8 and sampling["pass_at_k"] >= 0.95
     assert sampling["shortest_correct_over_mean"] <= 0.75
+    # the build's gate measured lab-long on validation problems and it passed (configs/lab.yaml `long.gate`)
+    gate = read_card(lab_models / "lab-long")["training"]["gate"]
+    assert gate["rounds"][-1]["passed"] and gate["rounds"][-1]["validation_accuracy"] >= gate["min_accuracy"]
 
 
 def test_long_model_keeps_its_habits_greedily(lab_models):

@@ -74,13 +74,15 @@ def train(
     seed: int,
     description: str,
     checkpoint: Path | None = None,
+    keep_final: bool = False,
 ) -> list[float]:
     """Train `model` in place for `settings.steps` steps; returns the loss per step.
 
     `make_completion` draws a fresh completion per use, so long traces vary across epochs as they do across
     samples. With a `checkpoint` path, everything the loop carries (weights, AdamW's moments, the random states,
     the data order and the batches drawn but not yet used) is saved there every `checkpoint_every` steps, and a
-    run killed in between resumes from it to exactly the weights an uninterrupted run reaches.
+    run killed in between resumes from it to exactly the weights an uninterrupted run reaches. With `keep_final`
+    the last step's state is saved too, so that a call resumed after the loop ended trains no step again.
     """
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -128,7 +130,8 @@ def train(
         if step % 10 == 0:
             progress.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
         done = step + 1
-        if checkpoint is not None and done % settings.checkpoint_every == 0 and done < settings.steps:
+        final = done == settings.steps
+        if checkpoint is not None and ((done % settings.checkpoint_every == 0 and not final) or (keep_final and final)):
             state = {
                 "step": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "order": order, "pending": pending,
