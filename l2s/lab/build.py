@@ -82,7 +82,7 @@ class AccuracyGate(Strict):
     """A long model that does not solve the task is no start for distilling it. After its steps the stage's
     model is measured greedily on validation problems (never the test split); below `min_accuracy` it trains
     `extra_steps` more at the stage's final learning rate, and again, at most `max_rounds` times. Why: the
-    same recipe gave lab seed 0 a lab-long at 99.8% and lab seed 1 one at 73.6% (right reasoning, answers
+    same recipe gave lab seed 0 a lab-long at 99.8-100% and lab seed 1 one at 73.6% (right reasoning, answers
     miscopied; pass@8 99.6%), so RL's results from "another lab build" measured the build, not the recipe."""
 
     min_accuracy: float = Field(gt=0, le=1)
