@@ -13,7 +13,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from l2s.lab import build
-from l2s.lab.build import AccuracyGate, LabRecipe, LongStage
+from l2s.lab.build import AccuracyGate, LabRecipe
 from l2s.lab.task import generate_problems
 from l2s.lab.tokenizer import train_tokenizer
 from l2s.lab.traces import completion
@@ -38,12 +38,12 @@ def _run_gate(tmp_path, monkeypatch, accuracies: list[float], gate: AccuracyGate
     measured = iter(accuracies)
     monkeypatch.setattr(build, "_validation_accuracy", lambda *args: next(measured))
     recipe = LabRecipe.load(build.DEFAULT_RECIPE)
-    stage = LongStage(steps=4, batch_size=2, learning_rate=0.002, warmup_steps=1)
     checkpoint = tmp_path / ".lab-long-key.train-state.pt"
     maker = lambda problem, rng: completion(problem, "long", rng)  # noqa: E731
-    losses = train(model, tokenizer, problems, maker, TrainSettings(steps=4, batch_size=2), 1, "t", checkpoint, True)
+    settings = TrainSettings(steps=4, batch_size=2, learning_rate=0.002, warmup_steps=1)
+    losses = train(model, tokenizer, problems, maker, settings, 1, "t", checkpoint, True)
     rounds = build._train_to_gate(
-        "lab-long", model, tokenizer, problems, maker, stage, gate, recipe, 1, checkpoint, losses
+        "lab-long", model, tokenizer, problems, maker, settings, gate, recipe, 1, checkpoint, losses
     )
     return rounds, losses, model
 

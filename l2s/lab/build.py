@@ -18,6 +18,7 @@ import random
 import shutil
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -194,7 +195,7 @@ def _train_stage(
     gate_rounds = None
     if gate is not None:
         gate_rounds = _train_to_gate(
-            name, model, tokenizer, problems, maker, stage, gate, recipe, seed, checkpoint, losses
+            name, model, tokenizer, problems, maker, settings, gate, recipe, seed, checkpoint, losses
         )
     seconds = time.time() - started
     with atomic_model_dir(out_dir) as temporary:
@@ -230,7 +231,7 @@ def _train_to_gate(
     tokenizer: PreTrainedTokenizerFast,
     problems: list[Problem],
     maker,
-    stage: Stage,
+    settings: TrainSettings,
     gate: AccuracyGate,
     recipe: LabRecipe,
     seed: int,
@@ -244,17 +245,16 @@ def _train_to_gate(
     rounds: list[dict] = []
     for extra_round in range(gate.max_rounds + 1):
         if extra_round:
-            settings = TrainSettings(
+            extra_settings = replace(
+                settings,
                 steps=gate.extra_steps,
-                batch_size=stage.batch_size,
-                learning_rate=stage.learning_rate * TrainSettings.min_learning_rate_ratio,  # where the stage ended
+                learning_rate=settings.learning_rate * settings.min_learning_rate_ratio,  # where the stage ended
                 warmup_steps=0,
                 min_learning_rate_ratio=1.0,  # constant
-                checkpoint_every=TrainSettings.checkpoint_every,
             )
             extra = checkpoint.with_name(checkpoint.name.replace(".train-state", f"-extra{extra_round}.train-state"))
             losses += train(
-                model, tokenizer, problems, maker, settings, seed + 100 * extra_round,
+                model, tokenizer, problems, maker, extra_settings, seed + 100 * extra_round,
                 description=f"{name} (extra round {extra_round})", checkpoint=extra, keep_final=True,
             )  # fmt: skip
         accuracy = _validation_accuracy(model, tokenizer, validation, recipe, checkpoint)
@@ -288,7 +288,11 @@ def _remove_training_states(out_dir: Path, keep: str | None = None) -> None:
     that is gone, a gate's scratch model)."""
     for path in out_dir.parent.glob(f".*{out_dir.name}-*.train-state*"):
         writer = path.name.partition(".tmp-")[2].split("-")[0]  # a temporary's; none for a saved state
-        if (writer and left_by_dead_process(writer)) or (not writer and not (keep and path.name.startswith(keep))):
+        if writer:
+            stale = left_by_dead_process(writer)
+        else:
+            stale = not (keep and path.name.startswith(keep))
+        if stale:
             path.unlink(missing_ok=True)
     if keep is None:
         for scratch in out_dir.parent.glob(f".{out_dir.name}-*.gate"):
