@@ -137,7 +137,7 @@ def _card_without_times(model_dir: Path) -> dict:
 def test_eval_killed_at_random_moments_gives_the_uninterrupted_results(lab_models, tmp_path):
     def args(out: Path) -> list[str]:
         return ["eval", "--offline", "--model", str(lab_models / "lab-long"), "--num-problems", "20",
-                "--samples", "2", "--budgets", "none,16,4", "--max-tokens", "256", "--seed", "3",
+                "--samples", "2", "--budgets", "4,16,none", "--max-tokens", "256", "--seed", "3",
                 "--out", str(out)]  # fmt: skip
 
     assert _run(args(tmp_path / "whole")) == 0
@@ -145,8 +145,11 @@ def test_eval_killed_at_random_moments_gives_the_uninterrupted_results(lab_model
     killed = tmp_path / "killed"
     log = killed / "samples.jsonl"
     # two kills once samples are being written, then run to the end (a kill while the engine starts finds
-    # nothing on disk to lose: it costs CI an engine start and shows nothing more)
-    kills = [_once(lambda: _lines(log), rng.uniform(0, 0.5)) for _ in range(2)]
+    # nothing on disk to lose: it costs CI an engine start and shows nothing more). Samples reach the disk one
+    # budget's batch at a time (40 lines), and the two short budgets' batches can both land within half a second
+    # of each other: so the budgets run shortest first and each kill comes within 0.1 s of its attempt's first
+    # batch, before the next one (the longer budget's) lands.
+    kills = [_once(lambda: _lines(log), rng.uniform(0, 0.1)) for _ in range(2)]
     samples_at_kills = _run_through_kills(args(killed), kills, lambda: _lines(log))
     total = 20 * 2 * 3
     assert len(samples_at_kills) == 2, f"only {samples_at_kills} kills landed before the run finished"
