@@ -16,7 +16,7 @@ setup: $(VENV)/.deps-installed lab browser
 $(VENV)/.deps-installed: pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(VLLM)" "$(TORCH)" -e ".[dev,ray]"
+	$(BIN)/pip install --quiet "$(VLLM)" "$(TORCH)" -e ".[dev,ray,deepspeed]"
 	# PyPI's vision/audio packages do not import beside the CPU torch and then break transformers imports;
 	# vLLM serves text models without them.
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
+from distill import deepspeed_policy
 from distill.lora import LoraRecipe, peft_config, save_weights
 from distill.recipe import TaskRecipe
 from distill.reporting import LOGGING_FIELDS, MetricsReport, ReportingRecipe
@@ -338,10 +339,22 @@ def new_optimizer(model, recipe: RLRecipe) -> torch.optim.Optimizer:
 
 
 def unwrapped(model):
-    """The policy itself: under `accelerate launch` the model trains wrapped in DDP (FSDP2 shards it in place)."""
+    """The policy itself: under `accelerate launch` the model trains wrapped in DDP or a DeepSpeed engine (FSDP2
+    shards it in place)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    wrapped = isinstance(model, DistributedDataParallel) or deepspeed_policy.is_deepspeed(model)
+    return model.module if wrapped else model
+
+
+def optimizer_step(model, optimizer) -> None:
+    """AdamW's step over the minibatch's gradients, which are then zeroed. A DeepSpeed engine owns the step: it
+    reduces the gradients into their partitions, steps AdamW over them and zeroes the gradients."""
+    if deepspeed_policy.is_deepspeed(model):
+        model.step()
+    else:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 def train_iteration(
@@ -389,13 +402,13 @@ def train_iteration(
         order = list(range(len(batch)))
         rng.shuffle(order)  # (the same order on every process: their random states are the same)
         for chunk in _chunks(order, per_step):
-            optimizer.zero_grad(set_to_none=True)
             loss_value = 0.0
             # The minibatch's mean loss, as a sum over micro-batches each weighted by its share of the minibatch.
-            # Under `accelerate launch` each process takes every world_size-th sample of it; DDP and FSDP average
-            # the processes' gradients, so each share is weighted world_size times more. Every process runs as many
-            # micro-batches (FSDP's forwards and backwards are collective), one sample weighted 0 where its share
-            # has none; DDP reduces the gradients once, on the last, FSDP into its shards on each.
+            # Under `accelerate launch` each process takes every world_size-th sample of it; DDP, FSDP and
+            # DeepSpeed average the processes' gradients, so each share is weighted world_size times more. Every
+            # process runs as many micro-batches (FSDP's and ZeRO-3's forwards and backwards are collective), one
+            # sample weighted 0 where its share has none; DDP reduces the gradients once, on the last, FSDP into its
+            # shards on each, DeepSpeed into its partitions.
             share = shard(chunk)
             micros = equal_rounds(share, len(chunk), recipe.micro_batch_size or len(chunk))
             for number, micro in enumerate(micros):
@@ -416,7 +429,7 @@ def train_iteration(
                 loss_value += loss.item()
                 if micro:
                     log_ratios.extend((logprobs.detach() - reference[micro]).tolist())
-            optimizer.step()
+            optimizer_step(model, optimizer)
             losses.append(loss_value)
     if world_size() > 1:  # the whole minibatch's loss is the sum of the processes' shares
         losses = [sum(step) for step in zip(*all_gather(losses))]
@@ -494,9 +507,12 @@ def load_policy(recipe: RLRecipe, checkpoint: Path | None):
     return PeftModel.from_pretrained(base, checkpoint, is_trainable=True)
 
 
-def whole_state(model, optimizer) -> tuple[dict | None, dict | None]:
+def whole_state(model, optimizer, recipe: RLRecipe) -> tuple[dict | None, dict | None]:
     """The policy's weights (None: the model's own, unsharded) and AdamW's state (None: not kept) to checkpoint;
-    under FSDP every process takes part in gathering them and the main process receives them."""
+    under FSDP and DeepSpeed every process takes part in gathering them and the main process receives them."""
+    if deepspeed_policy.is_deepspeed(model):
+        moments = deepspeed_policy.full_optimizer_state(model, recipe.learning_rate) if optimizer is not None else None
+        return deepspeed_policy.full_weights(model), moments
     if not is_sharded(model):
         return None, optimizer.state_dict() if optimizer is not None else None
     return full_weights(model), full_optimizer_state(model, optimizer) if optimizer is not None else None
@@ -607,7 +623,7 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
 
     from l2s.generation import close_engine, open_engine
 
-    accelerator = start_processes()  # under `accelerate launch`: the processes joined (DDP or FSDP); else None
+    accelerator = start_processes(recipe)  # under `accelerate launch`: the processes joined; else None
     recipe_path = run_dir / "recipe.json"
     if (
         resume
@@ -646,11 +662,15 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
     if accelerator and fsdp_requested():  # sharded before AdamW is made, so its moments are sharded too
         model = shard_policy(model)
     optimizer = new_optimizer(model, recipe)
+    if accelerator and deepspeed_policy.deepspeed_requested():  # the engine partitions AdamW's moments
+        model = accelerator.prepare(model, optimizer)[0]
     if start_from and recipe.keep_optimizer_state:
         try:
             saved = torch.load(start_from / OPTIMIZER_FILE)
             if is_sharded(model):
                 load_optimizer_state(model, optimizer, saved)
+            elif deepspeed_policy.is_deepspeed(model):
+                deepspeed_policy.load_optimizer_state(model, saved)
             else:
                 optimizer.load_state_dict(saved)
         except Exception as error:  # (torch raises several kinds for a damaged file)
@@ -658,8 +678,8 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
                 f"{start_from / OPTIMIZER_FILE}: does not load ({error}); delete {start_from} to resume from the "
                 "checkpoint before it"
             ) from None
-    if accelerator and not is_sharded(model):  # DDP around the policy; AdamW stays plain (DDP reduces gradients)
-        model = accelerator.prepare_model(model)
+    if accelerator and not is_sharded(model) and not deepspeed_policy.is_deepspeed(model):
+        model = accelerator.prepare_model(model)  # DDP around the policy; AdamW stays plain (DDP reduces gradients)
     try:
         pool, held_out = validation_split(recipe)
     except ValueError as error:
@@ -726,7 +746,10 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
             sampled = time.time()
             length_weight = length_weight_at(state.iteration, recipe)
             if not recipe.keep_optimizer_state:  # each iteration a new mirror-descent step from scratch
-                optimizer = new_optimizer(unwrapped(model), recipe)
+                if deepspeed_policy.is_deepspeed(model):
+                    deepspeed_policy.reset_optimizer_state(model)
+                else:
+                    optimizer = new_optimizer(unwrapped(model), recipe)
             trained = train_iteration(model, tokenizer, groups, recipe, length_weight, rng, optimizer) if groups else {}
             for group in groups:
                 record = state.success.setdefault(group[0]["problem_id"], [0.0, 0.0])
@@ -752,7 +775,8 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
             state.iteration += 1
             checkpoint = checkpoint_dir(run_dir, state.iteration)
             # the whole weights and moments: on every process under DDP, gathered from the shards under FSDP
-            weights, moments = whole_state(model, optimizer if recipe.keep_optimizer_state else None)
+            # and DeepSpeed
+            weights, moments = whole_state(model, optimizer if recipe.keep_optimizer_state else None, recipe)
             if is_main():
                 save_checkpoint(
                     run_dir, unwrapped(model), tokenizer, state, rng, chosen_iteration(state, recipe), weights, moments
@@ -780,27 +804,35 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
             report.close()
     if not is_main():
         return out
+    if deepspeed_policy.deepspeed_requested():
+        deepspeed_policy.load_whole_models_again()
     chosen = chosen_iteration(state, recipe)
     plot_training_curve(state.history, state.validation, chosen, run_dir / "training_curve.png")
     return publish(recipe, out, run_dir, state, chosen)
 
 
-def start_processes():
+def start_processes(recipe: RLRecipe):
     """Under `accelerate launch` with more than one process: accelerate's `Accelerator`, which joins the processes
-    (gloo on the CPU, NCCL on GPUs). The policy then trains under DDP (wrapped by accelerate) or, when the launch
-    asks for FSDP, sharded with FSDP2 (distill/sharding.py). One process: None (nothing is wrapped). DeepSpeed,
-    which owns the optimiser step, is for shortest and dpo (TRL's trainers)."""
+    (gloo on the CPU, NCCL on GPUs). The policy then trains under DDP (wrapped by accelerate), sharded with FSDP2
+    when the launch asks for FSDP (distill/sharding.py), or in a DeepSpeed ZeRO-2/3 engine when it asks for
+    DeepSpeed (distill/deepspeed_policy.py). One process: None (nothing is wrapped)."""
     if world_size() == 1:
         return None
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    kinds = (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU, DistributedType.FSDP)
+    if deepspeed_policy.deepspeed_requested():
+        if recipe.lora:  # (not tried: the frozen base stays out of ZeRO's partitions, the checkpoint's indexing not)
+            raise SystemExit("distill rl under DeepSpeed trains every weight: drop lora, or launch with DDP or FSDP")
+        # cpu=False on a CPU too: Accelerator(cpu=True) would silently join the processes with DDP instead
+        accelerator = Accelerator(deepspeed_plugin=deepspeed_policy.deepspeed_plugin())
+    else:
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    kinds = (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU, DistributedType.FSDP, DistributedType.DEEPSPEED)
     if accelerator.distributed_type not in kinds:
         raise SystemExit(
-            f"distill rl runs on DDP or FSDP (accelerate's multi-GPU, multi-CPU or FSDP), not "
+            f"distill rl runs on DDP, FSDP or DeepSpeed (accelerate's multi-GPU, multi-CPU, FSDP or DeepSpeed), not "
             f"{accelerator.distributed_type.value}"
         )
     if accelerator.mixed_precision != "no":  # (the policy's own autocast already runs the forward in bf16 on GPUs)
@@ -809,6 +841,8 @@ def start_processes():
         check_fsdp_settings()
     if is_main():
         how = "FSDP, the policy sharded" if fsdp_requested() else accelerator.distributed_type.value
+        if deepspeed_policy.deepspeed_requested():
+            how = f"DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
         print(f"rl on {world_size()} processes ({how}): each samples and trains on its share of every iteration")
     return accelerator
 

@@ -3,7 +3,8 @@
     python -m distill.seeds rl --recipe configs/distill/rl.yaml --seeds 0,1,2 --out results/seeds-rl
 
 A figure that holds for one run is not a result. This trains the recipe once per seed (`l2s distill METHOD
---seed S`, each its own model under --models-dir; a finished one is reused, so an interrupted sweep resumes),
+--seed S`, each its own model under --models-dir; a finished one is reused and an interrupted RL seed continues
+from its last checkpoint, so an interrupted sweep resumes),
 evaluates them beside the model they started from with `l2s eval --offline` (greedy, the lab's test split —
 which no method trains or selects on), and writes `seeds.json` and `seeds.md`: one row per seed, then the mean
 and the range, and `errors.md` (`l2s lab errors`: each wrong answer's first mistake by kind, and what the variants
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         began = time.time()
         command = ["distill", args.method, "--recipe", args.recipe, "--seed", str(seed)]
         command += ["--model", str(start), "--out", str(model_dir)]
+        if args.method == "rl":  # (an interrupted seed continues from its last checkpoint, to the same model)
+            command.append("--resume")
         print("+ l2s", " ".join(command), flush=True)
         subprocess.run([sys.executable, "-m", "l2s.cli", *command], check=True)
         wall[seed] = round(time.time() - began, 1)

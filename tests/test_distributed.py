@@ -1,7 +1,7 @@
 """Distill under `accelerate launch` (issue #16): two processes on this CPU (torchrun, gloo). shortest and dpo:
 sampling once, training spread by TRL's trainer, the model written once. rl: each process samples and trains on
-its share, and two processes give what one gives (same global batch, same seeds) under DDP and under FSDP, also
-when killed and resumed, at the same or another number of processes."""
+its share, and two processes give what one gives (same global batch, same seeds) under DDP, FSDP and DeepSpeed,
+also when killed and resumed, at the same or another number of processes or under another engine."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_kill_resume import _count, _once, _run, _run_through_kills
+from tests.test_kill_resume import L2S, _count, _once, _run, _run_through_kills
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +33,17 @@ LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
 FSDP_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "-m", "l2s.cli"]  # fmt: skip
+
+
+# DeepSpeed ZeRO-2 by the shipped CPU config, ZeRO-3 by accelerate's flags; neither with --cpu (accelerate refuses it
+# with DeepSpeed; on a machine without GPUs DeepSpeed runs on the CPU anyway, joining the processes with gloo)
+DEEPSPEED_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                    str(ROOT / "configs" / "accelerate" / "cpu-deepspeed-2.yaml"), "-m", "l2s.cli"]  # fmt: skip
+ZERO3_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--zero_stage", "3",
+                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "-m", "l2s.cli"]  # fmt: skip
+
+
 SEED = 16  # the kill moment is drawn from it
 
 
@@ -149,23 +160,48 @@ def test_rl_on_two_processes_gives_what_one_gives_also_when_killed_and_resumed(l
     print(f"one vs two processes: largest weight difference {gap:.1e}; checkpoints at the kill: {at_kills}")
 
 
+def _killed_after_checkpoint_1_then_resumed(
+    lab_models: Path, home: Path, seed: int, launch: list[str], how: str, resume_launch: list[str], resumed_how: str
+) -> None:
+    """Two RL iterations in micro-batches of 5 launched by `launch` (its banner naming `how`), SIGKILLed after the
+    first checkpoint, then resumed by `resume_launch` (its banner naming `resumed_how`, or none: one process)."""
+    rng = random.Random(seed)
+    kill = _once(lambda: _count("runs/rl/lab-rl-*/iter-0001/state.json", home), rng.uniform(0, 1))
+    log = home.parent / f"{home.name}.log"
+    args = _rl_args(lab_models, home, "--micro-batch-size", "5")
+    assert _run(args, kill(), home, launch, log) is None, "finished before the kill"
+    assert f"rl on 2 processes ({how})" in log.read_text()
+    assert _count("runs/rl/lab-rl-*/iter-*/state.json", home) == 1, "the kill did not land after checkpoint 1"
+    assert _run(args, home=home, command=resume_launch, log=log) == 0
+    output = log.read_text()
+    assert "resuming after iteration 1" in output
+    assert not resumed_how or f"rl on 2 processes ({resumed_how})" in output
+
+
 def test_rl_sharded_with_fsdp_gives_what_one_process_gives_and_resumes_on_one(lab_models, one_process_rl, tmp_path):
     """The same run on two processes with the policy sharded by FSDP (each holding half of every weight, gradient
     and moment) and every minibatch in micro-batches of 5 (as many on both processes, FSDP's forwards being
     collective; gradients reduced on the last), killed after its first checkpoint, and resumed on ONE process from
     that checkpoint (written whole by the main process): a checkpoint of any world size resumes at any other."""
     sharded = tmp_path / "fsdp"
-    rng = random.Random(SEED + 1)
-    kill = _once(lambda: _count("runs/rl/lab-rl-*/iter-0001/state.json", sharded), rng.uniform(0, 1))
-    log = tmp_path / "fsdp.log"
-    args = _rl_args(lab_models, sharded, "--micro-batch-size", "5")
-    assert _run(args, kill(), sharded, FSDP_LAUNCH, log) is None, "finished before the kill"
-    assert "rl on 2 processes (FSDP, the policy sharded)" in log.read_text()
-    assert _count("runs/rl/lab-rl-*/iter-*/state.json", sharded) == 1, "the kill did not land after checkpoint 1"
-    assert _run(args, home=sharded, log=log) == 0
-    assert "resuming after iteration 1" in log.read_text()
+    fsdp = "FSDP, the policy sharded"
+    _killed_after_checkpoint_1_then_resumed(lab_models, sharded, SEED + 1, FSDP_LAUNCH, fsdp, L2S, resumed_how="")
     gap = _same_run(one_process_rl, sharded)
     print(f"one process vs FSDP on two, resumed on one: largest weight difference {gap:.1e}")
+
+
+def test_rl_under_deepspeed_gives_what_one_process_gives_also_resumed_under_another_stage(
+    lab_models, one_process_rl, tmp_path
+):
+    """The same run on two processes under DeepSpeed ZeRO-2 (`cpu-deepspeed-2.yaml`: gradients and AdamW's moments
+    in partitions, the engine stepping) in micro-batches of 5, killed after its first checkpoint and resumed under
+    ZeRO-3 (the weights partitioned too): the checkpoint, in the one-process format, moves between stages."""
+    home = tmp_path / "deepspeed"
+    _killed_after_checkpoint_1_then_resumed(
+        lab_models, home, SEED + 2, DEEPSPEED_LAUNCH, "DeepSpeed ZeRO-2", ZERO3_LAUNCH, "DeepSpeed ZeRO-3"
+    )
+    gap = _same_run(one_process_rl, home)
+    print(f"one process vs DeepSpeed on two (ZeRO-2, resumed under ZeRO-3): largest weight difference {gap:.1e}")
 
 
 def test_rl_from_a_rollout_server_gives_what_its_own_engine_gives(lab_models, one_process_rl, tmp_path):
