@@ -195,13 +195,11 @@ def _merge(args: argparse.Namespace) -> int:
 def _trained(args: argparse.Namespace, module: str, recipe_class: str) -> int:
     import importlib
 
-    from distill.training import refuse_deepspeed_without_gpus
     from l2s.flags import recipe_overrides
 
     method = importlib.import_module(f"distill.{module}")
     recipe_type = getattr(method, recipe_class)
     recipe = recipe_type.load(args.recipe, recipe_overrides(args, recipe_type))
-    refuse_deepspeed_without_gpus()
     output = method.run(recipe, Path(args.out))
     if args.register:
         register([output])

@@ -97,8 +97,11 @@ def full_weights(engine) -> dict | None:
     import deepspeed
 
     module = engine.module
+    # a weight tied to another (an LM head tied to the embeddings) once, under its first name, as `save_pretrained`
+    # writes it from a model whose tied weights share their storage (these copies do not)
+    own = {name for name, _ in module.named_parameters()} | {name for name, _ in module.named_buffers()}
     with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-        return {name: tensor.detach().clone().cpu() for name, tensor in module.state_dict().items()}
+        return {name: tensor.detach().clone().cpu() for name, tensor in module.state_dict().items() if name in own}
 
 
 def full_optimizer_state(engine, learning_rate: float) -> dict:

@@ -64,6 +64,9 @@ def save_weights(model, directory: Path, recipe: LoraRecipe, state_dict: dict | 
     the merged model, or the full model. `state_dict`: the weights gathered from the processes that hold them in
     shards (FSDP, ZeRO-3). Returns the card's LoRA fields (none without LoRA)."""
     if not recipe.lora:
+        if state_dict is not None:  # (gathered copies: a tied weight once, under its first name, as from the model)
+            own = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+            state_dict = {name: tensor for name, tensor in state_dict.items() if name in own}
         model.save_pretrained(str(directory), state_dict=state_dict)
         return {}
     settings = {"rank": recipe.lora_rank, "alpha": recipe.lora_alpha, "target_modules": recipe.lora_target_modules}

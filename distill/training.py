@@ -18,7 +18,6 @@ from pathlib import Path
 
 from pydantic import Field
 
-from distill.deepspeed_policy import deepspeed_requested
 from distill.lora import LoraRecipe, save_weights
 from distill.recipe import TaskRecipe
 from distill.reporting import LOGGING_FIELDS, ReportingRecipe
@@ -109,19 +108,6 @@ def longest_prompt(tokenizer, prompts: list[list[dict] | str]) -> int:
         len(tokenizer.encode(p, add_special_tokens=False)) if isinstance(p, str) else len(chat_prompt_ids(tokenizer, p))
         for p in prompts
     )
-
-
-def refuse_deepspeed_without_gpus() -> None:
-    """Under a DeepSpeed launch on a machine without GPUs the Trainer asks accelerate for the CPU (`use_cpu`), which
-    then joins the processes with DDP and drops the DeepSpeed config without a word: refused before any work (RL
-    runs DeepSpeed on a CPU in its own loop, distill/deepspeed_policy.py)."""
-    import torch
-
-    if deepspeed_requested() and not torch.cuda.is_available():
-        raise SystemExit(
-            "shortest and dpo under DeepSpeed need GPUs: on a CPU transformers' Trainer would train with DDP "
-            "instead; launch with configs/accelerate/cpu-ddp-2.yaml"
-        )
 
 
 def common_training_arguments(recipe, work_dir: Path, max_length: int) -> dict:

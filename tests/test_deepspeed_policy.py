@@ -60,17 +60,3 @@ def test_a_config_file_with_what_rl_does_not_do_is_refused(launched, tmp_path, s
     launched(ACCELERATE_DEEPSPEED_CONFIG_FILE=str(config))
     with pytest.raises(SystemExit, match=refusal):
         deepspeed_plugin()
-
-
-def test_shortest_and_dpo_under_deepspeed_on_a_cpu_are_refused_before_any_work(launched, capsys):
-    """transformers' Trainer on a CPU (use_cpu) would join the processes with DDP and drop the DeepSpeed config."""
-    import torch
-
-    from l2s.cli import main
-
-    if torch.cuda.is_available():
-        pytest.skip("a GPU machine: DeepSpeed runs there")
-    launched()
-    for method in ("shortest", "dpo"):
-        with pytest.raises(SystemExit, match="under DeepSpeed need GPUs"):
-            main(["distill", method, "--model", "models/no-such-model", "--out", "/nonexistent/out"])

@@ -1,5 +1,6 @@
 """Distill under `accelerate launch` (issue #16): two processes on this CPU (torchrun, gloo). shortest and dpo:
-sampling once, training spread by TRL's trainer, the model written once. rl: each process samples and trains on
+sampling once, training spread by TRL's trainer (shortest under DeepSpeed ZeRO-2 as under DDP), the model written
+once. rl: each process samples and trains on
 its share, and two processes give what one gives (same global batch, same seeds) under DDP, FSDP and DeepSpeed,
 also when killed and resumed, at the same or another number of processes or under another engine."""
 
@@ -47,37 +48,25 @@ ZERO3_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--use_deeps
 SEED = 16  # the kill moment is drawn from it
 
 
-def _launch(args: list[str], home: Path) -> subprocess.CompletedProcess:
+def _launch(args: list[str], home: Path, launch: list[str] = LAUNCH) -> subprocess.CompletedProcess:
     env = {**os.environ, "L2S_HOME": str(home), "L2S_CACHE": "off"}
-    done = subprocess.run([*LAUNCH, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run([*launch, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     return done
 
 
-def test_shortest_and_dpo_train_on_two_processes(lab_models, tmp_path):
+def _trained_args(lab_models: Path, method: str, out: Path) -> list[str]:
+    return ["distill", method, "--model", str(lab_models / "lab-long"), "--num-problems", "48", "--max-steps", "8",
+            "--save-steps", "4", "--batch-size", "4", "--out", str(out)]  # fmt: skip
+
+
+def test_shortest_and_dpo_train_on_two_processes_also_under_deepspeed(lab_models, tmp_path):
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     for method in ("shortest", "dpo"):  # dpo reads the samples shortest drew (same settings)
         out = tmp_path / "models" / f"lab-{method}-2p"
-        done = _launch(
-            [
-                "distill",
-                method,
-                "--model",
-                str(lab_models / "lab-long"),
-                "--num-problems",
-                "48",
-                "--max-steps",
-                "8",
-                "--save-steps",
-                "4",
-                "--batch-size",
-                "4",
-                "--out",
-                str(out),
-            ],  # fmt: skip
-            tmp_path,
-        )
+        done = _launch(_trained_args(lab_models, method, out), tmp_path)
         assert done.stdout.count(f"wrote {out}") == 1, "only the main process writes the model"
         assert "training on 2 processes: 8 examples per optimiser step" in done.stdout
         (work,) = (tmp_path / "runs" / "distill").glob(f"lab-{method}-2p-*")
@@ -94,6 +83,21 @@ def test_shortest_and_dpo_train_on_two_processes(lab_models, tmp_path):
         assert AutoModelForCausalLM.from_pretrained(out)
     (samples,) = (tmp_path / "runs" / "samples").glob("*.jsonl")
     assert len(samples.read_text().splitlines()) == 48 * 8, "the samples were drawn once"
+    # under DeepSpeed ZeRO-2 (TRL's Trainer hands it the steps): the same model as under DDP, and in the same files
+    # (the LM head tied to the embeddings written once, as save_pretrained writes it)
+    out = tmp_path / "models" / "lab-shortest-zero2"
+    _launch(_trained_args(lab_models, "shortest", out), tmp_path, DEEPSPEED_LAUNCH)
+    (work,) = (tmp_path / "runs" / "distill").glob("lab-shortest-zero2-*")
+    assert (
+        work / "checkpoints" / "checkpoint-8" / "global_step8" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    ).is_file()
+    zero2, ddp = (
+        load_file(tmp_path / "models" / name / "model.safetensors")
+        for name in ("lab-shortest-zero2", "lab-shortest-2p")
+    )
+    assert zero2.keys() == ddp.keys()
+    gap = max((zero2[name] - ddp[name]).abs().max().item() for name in ddp)
+    assert gap < 1e-5, f"ZeRO-2 and DDP differ by {gap}"  # (measured: 0.0)
 
 
 def _rl_args(lab_models: Path, out: Path, *extra: str) -> list[str]:
@@ -121,6 +125,7 @@ def _same_run(one: Path, other: Path) -> float:
             assert second[key] == pytest.approx(first[key], rel=1e-3, abs=1e-5), key
     assert _logs(one, "validation.jsonl") == _logs(other, "validation.jsonl")
     weights, others = load_file(one / "lab-rl" / "model.safetensors"), load_file(other / "lab-rl" / "model.safetensors")
+    assert weights.keys() == others.keys()  # (gathered weights: a tied LM head written once, as from one process)
     gap = max((weights[name] - others[name]).abs().max().item() for name in weights)
     assert 0 <= gap < 1e-4, f"weights differ by {gap}"  # (measured: 4e-7 on two processes, 0 from a server)
     (first_run,), (second_run,) = (list((home / "runs" / "rl").glob("lab-rl-*")) for home in (one, other))
