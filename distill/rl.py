@@ -68,6 +68,9 @@ from l2s.home import exclusive, run_dir_for
 from l2s.jsonl import CorruptFile, read_json
 from l2s.tasks import TaskProblem
 
+# where the samples come from and how the weights get there: not what the run computes (a resumed run may change them)
+ROLLOUT_FIELDS = ("rollout_server", "rollout_weights", "rollout_group_address")
+
 OPTIMIZER_FILE = "optimizer.pt"
 logger = logging.getLogger("l2s")
 
@@ -120,8 +123,17 @@ class RLRecipe(LoraRecipe, ReportingRecipe, TaskRecipe):
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     rollout_server: str | None = Field(
         None,
-        description="sample from this vLLM server (`l2s distill rollout-server`, sharing this filesystem: it loads "
-        "each checkpoint by path) instead of an engine in this process",
+        description="sample from this vLLM server (`l2s distill rollout-server`) instead of an engine in this process",
+    )
+    rollout_weights: Literal["checkpoint", "group"] = Field(
+        "checkpoint",
+        description="how the policy reaches the rollout server each iteration: a checkpoint path it loads (the two "
+        "share a filesystem) or a broadcast over a process group of their own (NCCL between GPUs, gloo on CPUs)",
+    )
+    rollout_group_address: str | None = Field(
+        None,
+        description="with rollout_weights: group, this machine's address as the rollout server reaches it "
+        "(default: 127.0.0.1 for a server on loopback, else this host name's address)",
     )
     validation_problems: int = Field(256, ge=0, description="validation problems scored greedily (0: none)")
     validation_task: str | None = Field(
@@ -154,6 +166,8 @@ class RLRecipe(LoraRecipe, ReportingRecipe, TaskRecipe):
     def _rollout_server_without_lora(self) -> RLRecipe:
         if self.rollout_server and self.lora:
             raise ValueError("rollout_server: a LoRA run samples on its own engine (the server loads whole models)")
+        if self.rollout_weights == "group" and not self.rollout_server:
+            raise ValueError("rollout_weights: group sends the weights to a rollout server: set rollout_server")
         return self
 
 
@@ -475,20 +489,41 @@ def equal_rounds(share: list, total: int, size: int) -> list[list]:
 # --- engine weights and checkpoints --------------------------------------------------------------------------------
 
 
-def refresh_engine(engine, checkpoint: Path, recipe: RLRecipe, iteration: int):
+def refresh_engine(engine, checkpoint: Path, recipe: RLRecipe, iteration: int, weights: dict | None = None):
     """The engine, now serving exactly the weights of `checkpoint`: loaded in place (a restart cost 28–42 s of each
     iteration on 2 CPU cores). vLLM's in-place reload alone left the CPU build's packed embedding and LM head
     stale; `reload_engine_weights` repacks them and drops the prefix cache, and tests/test_inplace_reload.py
     checks the result against a fresh engine token for token. Rollouts are seeded per request, so the run is
-    the same either way. With LoRA the base weights stay and the engine applies the checkpoint's adapter."""
+    the same either way. With LoRA the base weights stay and the engine applies the checkpoint's adapter. With
+    `rollout_weights: group` the rollout server gets `weights` (the checkpoint's, on the main process) by
+    broadcast instead."""
     from l2s.generation import use_adapter
     from l2s.inplace_reload import reload_engine_weights
 
-    if recipe.lora:
+    if recipe.rollout_weights == "group":
+        engine.send_weights(weights)
+    elif recipe.lora:
         use_adapter(engine, checkpoint, version=iteration)
     else:
         reload_engine_weights(engine, checkpoint)
     return engine
+
+
+def policy_weights(model, recipe: RLRecipe) -> dict:
+    """The policy's whole weights on the main process (every process must call it: FSDP and ZeRO-3 gather them)."""
+    weights, _ = whole_state(model, None, recipe)
+    return weights if weights is not None else unwrapped(model).state_dict()
+
+
+def trainer_address(server_url: str) -> str:
+    """This machine's address as a rollout server at `server_url` reaches it: loopback for a server on loopback."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(server_url).hostname or ""
+    if host in ("localhost", "::1") or host.startswith("127."):
+        return "127.0.0.1"
+    return socket.gethostbyname(socket.gethostname())
 
 
 def load_policy(recipe: RLRecipe, checkpoint: Path | None):
@@ -713,7 +748,11 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
         from l2s.inplace_reload import reload_engine_weights
 
         engine = RemoteEngine(recipe.rollout_server, start_from or recipe.model_path)
-        reload_engine_weights(engine, start_from or recipe.model_path)
+        if recipe.rollout_weights == "group":
+            engine.open_weight_group(recipe.rollout_group_address or trainer_address(recipe.rollout_server))
+            engine.send_weights(policy_weights(model, recipe))
+        else:
+            reload_engine_weights(engine, start_from or recipe.model_path)
     elif recipe.lora:  # the start model's weights stay in the engine; each checkpoint's adapter is applied to them
         targets = module_suffixes(unwrapped(model).peft_config["default"].target_modules)
         engine = open_engine(recipe.model_path, engine_settings, recipe.lora_rank, lora_target_modules=targets)
@@ -784,7 +823,9 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
             barrier()  # the checkpoint is complete before any engine loads it
             stopping = stop_after is not None and stop_after <= state.iteration < recipe.iterations
             if not stopping:
-                engine = refresh_engine(engine, checkpoint, recipe, state.iteration)
+                if recipe.rollout_weights == "group" and weights is None:  # (the model's own: it is not sharded)
+                    weights = unwrapped(model).state_dict()
+                engine = refresh_engine(engine, checkpoint, recipe, state.iteration, weights)
                 validate_if_due()
             if is_main():
                 write_logs(run_dir, state, chosen_iteration(state, recipe))
@@ -851,10 +892,10 @@ def continues(saved: RLRecipe, recipe: RLRecipe) -> bool:
     """Whether `recipe` may resume a run of `saved`: the same recipe, or the same with more iterations where the
     iteration count shapes nothing else (without the curriculum, whose schedule spans the run, and without
     consolidation iterations, which are the run's last), so that a run extended from 12 to 16 iterations is exactly
-    a 16-iteration run. `merge_adapter` only shapes the output, `rollout_server` only where the same samples come
-    from, and `report_to` only where the metrics are also logged."""
+    a 16-iteration run. `merge_adapter` only shapes the output, the rollout server's fields only where the same
+    samples come from, and `report_to` only where the metrics are also logged."""
     saved = saved.model_copy(
-        update={key: getattr(recipe, key) for key in ("merge_adapter", "rollout_server", *LOGGING_FIELDS)}
+        update={key: getattr(recipe, key) for key in ("merge_adapter", *ROLLOUT_FIELDS, *LOGGING_FIELDS)}
     )
     if saved == recipe:
         return True

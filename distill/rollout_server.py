@@ -7,8 +7,10 @@ workers: the server holds the policy on its own GPUs, the trainer sends it each 
 The server is vLLM's own OpenAI server (`vllm serve`) with our worker extension (`l2s/inplace_reload.py`) and its
 development endpoints on: `/collective_rpc` loads a checkpoint in place, `/reset_prefix_cache` drops the KV
 blocks computed with the old weights. Weights travel as a checkpoint path: the trainer writes each iteration's
-checkpoint (it does anyway, to resume) and asks the server to load it, so the two must share a filesystem. (NCCL
-weight broadcast, which skips the disk, is what TRL's server adds on GPUs; it is not built here.)
+checkpoint (it does anyway, to resume) and asks the server to load it, so the two must share a filesystem. Or
+(`rollout_weights: group`) they travel over a process group of their own between the trainer and the server's
+workers (`l2s/weight_group.py`: NCCL between GPUs, gloo between CPUs, as TRL's server does on GPUs): no shared
+disk, and on GPUs no round trip through one.
 
 `RemoteEngine` is the part of `vllm.LLM` that RL uses — `generate`, `get_tokenizer`, `collective_rpc`,
 `reset_prefix_cache` — over the server's HTTP API, so the rollout and validation code is the same for both.
@@ -18,6 +20,7 @@ Requests carry prompt token ids and a seed each, as offline; the engine-vs-train
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -80,7 +83,10 @@ class RemoteEngine:
         from l2s.formats import detect_format
 
         self.url = url.rstrip("/")
-        self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(600.0, connect=10.0))
+        # idle connections dropped after 1 s, well before the server's keep-alive (5 s) closes them: a request sent on
+        # a connection the server is closing is reset (the pool sits idle between iterations while the trainer trains)
+        limits = httpx.Limits(max_connections=concurrency, keepalive_expiry=1.0)
+        self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(600.0, connect=10.0), limits=limits)
         try:
             models = self.client.get("/v1/models").raise_for_status().json()["data"]
         except httpx.HTTPError as error:
@@ -137,7 +143,40 @@ class RemoteEngine:
 
     def collective_rpc(self, method: str, args: tuple = ()) -> None:
         if is_main():
-            self.client.post("/collective_rpc", json={"method": method, "args": list(args)}).raise_for_status()
+            self._rpc(method, [str(arg) for arg in args])
+
+    def _rpc(self, method: str, args: list[str]) -> list:
+        """A worker-extension method on every worker of the server; their results."""
+        response = self.client.post("/collective_rpc", json={"method": method, "args": args}).raise_for_status()
+        return response.json()["results"]
+
+    def open_weight_group(self, address: str) -> None:
+        """Start a weight group with the server's workers (`l2s/weight_group.py`; from the main process, which
+        hosts its store at `address`, an address of this machine that the server reaches): from then on
+        `send_weights` broadcasts the policy to them, with no checkpoint on a shared disk."""
+        if not is_main():
+            return
+        from l2s.local_server import free_port
+        from l2s.weight_group import open_group
+
+        world = 1 + len(self._rpc("worker_rank", []))
+        port = free_port()
+        with ThreadPoolExecutor(1) as pool:  # the workers join (the call returns once all have) while this does
+            joined = pool.submit(self._rpc, "join_weight_group", [address, str(port), str(world)])
+            self.weight_group = open_group(address, port, 0, world)
+            joined.result()
+
+    def send_weights(self, weights: dict) -> None:
+        """The policy's whole weights (main process) to the server's workers, which load them in place; then the
+        prefix cache is dropped (every process waits until it is)."""
+        if is_main():
+            from l2s.weight_group import send, weight_specs
+
+            with ThreadPoolExecutor(1) as pool:
+                loaded = pool.submit(self._rpc, "receive_weights", [json.dumps(weight_specs(weights))])
+                send(self.weight_group, weights)
+                loaded.result()
+        self.reset_prefix_cache()
 
     def reset_prefix_cache(self) -> None:
         """(After a reload: drop the old weights' KV blocks — vLLM refuses while blocks are held, e.g. by requests

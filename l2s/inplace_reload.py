@@ -19,9 +19,35 @@ class InPlaceReload:
     """Methods added to vLLM's worker (`self` is the worker), called by name through `collective_rpc`."""
 
     def reload_checkpoint(self, path: str) -> list[str]:
+        self.reload_weights(weights_path=path)
+        return self._repack_cpu_layers()
+
+    def worker_rank(self) -> int:
+        return self.rank
+
+    def join_weight_group(self, host: str, port: str, world_size: str) -> int:
+        """Join the trainer's weight group (`l2s/weight_group.py`) as rank 1 + this worker's rank. (Arguments come
+        as strings: vLLM's HTTP `/collective_rpc` passes only serialized ones.)"""
+        from l2s.weight_group import open_group
+
+        self.l2s_weight_group = open_group(host, int(port), 1 + self.rank, int(world_size))
+        return 1 + self.rank
+
+    def receive_weights(self, specs: str) -> list[str]:
+        """Load the weights the trainer broadcasts over the weight group (`specs`: JSON, what `weight_specs` gives),
+        in place, as `reload_checkpoint` loads a checkpoint's."""
+        import json
+
+        from l2s.weight_group import receive
+
+        device = next(self.model_runner.model.parameters()).device
+        weights = receive(self.l2s_weight_group, json.loads(specs), device)
+        self.reload_weights(weights_iterator=iter(weights))
+        return self._repack_cpu_layers()
+
+    def _repack_cpu_layers(self) -> list[str]:
         from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
-        self.reload_weights(weights_path=path)
         repacked = []
         for name, module in self.model_runner.model.named_modules():
             weight = getattr(module, "weight", None)

@@ -210,9 +210,10 @@ def test_rl_under_deepspeed_gives_what_one_process_gives_also_resumed_under_anot
 
 
 def test_rl_from_a_rollout_server_gives_what_its_own_engine_gives(lab_models, one_process_rl, tmp_path):
-    """`l2s distill rollout-server` (vLLM's OpenAI server with our reload extension) started on lab-long; the run
-    samples from it and loads each checkpoint into it by path. The engine-vs-trainer log-prob gap (in the
-    comparison) shows the server sampled from exactly the trained weights."""
+    """`l2s distill rollout-server` (vLLM's OpenAI server with our reload extension) started on lab-long; a run
+    samples from it and loads each checkpoint into it by path, then another sends it the weights over a process
+    group of their own. The engine-vs-trainer log-prob gap (in the comparison) shows the server sampled from
+    exactly the trained weights."""
     import httpx
 
     from l2s.local_server import free_port
@@ -232,10 +233,12 @@ def test_rl_from_a_rollout_server_gives_what_its_own_engine_gives(lab_models, on
                     break
             except httpx.HTTPError:
                 time.sleep(1)
-        remote = tmp_path / "remote"
-        assert _run(_rl_args(lab_models, remote, "--rollout-server", f"http://127.0.0.1:{port}"), home=remote) == 0
-        gap = _same_run(one_process_rl, remote)
-        print(f"own engine vs rollout server: largest weight difference {gap:.1e}")
+        at_server = ["--rollout-server", f"http://127.0.0.1:{port}"]
+        for weights in ("checkpoint", "group"):  # by path, then broadcast over a process group (gloo here)
+            remote = tmp_path / f"remote-{weights}"
+            assert _run(_rl_args(lab_models, remote, *at_server, "--rollout-weights", weights), home=remote) == 0
+            gap = _same_run(one_process_rl, remote)
+            print(f"own engine vs rollout server ({weights}): largest weight difference {gap:.1e}")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(60)
