@@ -5,10 +5,11 @@
 1. Sampling: `distill/sampling.py`'s k = 8 samples per problem on the vLLM engine against Hugging Face's batched
    `generate` (the same prompts, temperature 1, up to 512 new tokens), generated tokens per second, engine start-up
    excluded (reported apart).
-2. RL iterations on 1 process and on 2 (`accelerate launch --config_file configs/accelerate/cpu-ddp-2.yaml`) with
-   the same global batch: seconds per iteration (sampling, training) and tokens trained per second.
+2. RL iterations on 1 process and on 2 (`accelerate launch --config_file configs/accelerate/cpu-ddp-2.yaml`, and
+   `cpu-deepspeed-2.yaml`: DeepSpeed ZeRO-2) with the same global batch: seconds per iteration (sampling,
+   training) and tokens trained per second.
 3. RL's rollouts from its own (colocated) engine and from a separate `l2s distill rollout-server` (vLLM's server on
-   loopback, weights handed over by checkpoint path).
+   loopback, weights handed over by checkpoint path, then over a process group: `rollout_weights: group`).
 
 Every RL run is `l2s distill rl` from `--model` with the RL recipe's defaults (no validation, one warm-up iteration
 of the length reward, left out of the means) for `--iterations` iterations. Writes DIR/bench_distill.json and
@@ -155,10 +156,17 @@ def main() -> None:
     print("rl, 1 process:", results["rl_1_process"], flush=True)
     results["rl_2_processes"] = rl_run(args.model, args.iterations, args.problems, two)
     print("rl, 2 processes:", results["rl_2_processes"], flush=True)
-    results["rl_rollout_server"] = with_rollout_server(
-        args.model, lambda url: rl_run(args.model, args.iterations, args.problems, one, ["--rollout-server", url])
-    )
-    print("rl, rollout server:", results["rl_rollout_server"], flush=True)
+    zero2 = [*two[:4], str(ROOT / "configs" / "accelerate" / "cpu-deepspeed-2.yaml"), *two[5:]]
+    results["rl_2_processes_zero2"] = rl_run(args.model, args.iterations, args.problems, zero2)
+    print("rl, 2 processes (DeepSpeed ZeRO-2):", results["rl_2_processes_zero2"], flush=True)
+
+    def from_server(url: str) -> tuple[dict, dict]:  # the weights by checkpoint path, then over a process group
+        server = ["--rollout-server", url]
+        by_path = rl_run(args.model, args.iterations, args.problems, one, server)
+        return by_path, rl_run(args.model, args.iterations, args.problems, one, [*server, "--rollout-weights", "group"])
+
+    results["rl_rollout_server"], results["rl_rollout_server_group"] = with_rollout_server(args.model, from_server)
+    print("rl, rollout server:", results["rl_rollout_server"], results["rl_rollout_server_group"], flush=True)
 
     meta = {"model": args.model, "problems": args.problems, "k": K, "max_tokens": MAX_TOKENS,
             "rl_iterations": args.iterations, "cpus": os.cpu_count(), "machine": platform.platform(),
@@ -172,8 +180,11 @@ def main() -> None:
 def summary(meta: dict, r: dict) -> str:
     vllm, hf = r["sampling_vllm"], r["sampling_hf"]
     one, two, server = r["rl_1_process"], r["rl_2_processes"], r["rl_rollout_server"]
+    zero2, group = r["rl_2_processes_zero2"], r["rl_rollout_server_group"]
     rows = [("1 process, colocated engine", one), ("2 processes (DDP), an engine each", two),
-            ("1 process, rollout server", server)]  # fmt: skip
+            ("2 processes (DeepSpeed ZeRO-2), an engine each", zero2),
+            ("1 process, rollout server, weights by checkpoint path", server),
+            ("1 process, rollout server, weights over a process group (gloo)", group)]  # fmt: skip
     lines = [
         f"# Distill at scale on this machine ({meta['date']}, {meta['cpus']} CPUs)",
         "",
@@ -205,7 +216,9 @@ def summary(meta: dict, r: dict) -> str:
         "",
         f"2 processes / 1: {one['iteration_s'] / two['iteration_s']:.2f}× iteration speed, "
         f"{two['tokens_trained_per_s'] / one['tokens_trained_per_s']:.2f}× tokens trained per second. "
-        f"Rollout server / colocated: {one['iteration_s'] / server['iteration_s']:.2f}× iteration speed.",
+        f"ZeRO-2 / DDP: {two['iteration_s'] / zero2['iteration_s']:.2f}× iteration speed. "
+        f"Rollout server / colocated: {one['iteration_s'] / server['iteration_s']:.2f}× iteration speed by checkpoint "
+        f"path, {one['iteration_s'] / group['iteration_s']:.2f}× over a process group.",
         "",
     ]
     return "\n".join(lines)
