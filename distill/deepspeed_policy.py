@@ -96,12 +96,12 @@ def full_weights(engine) -> dict | None:
         return None
     import deepspeed
 
+    from distill.lora import one_name_per_weight
+
     module = engine.module
-    # a weight tied to another (an LM head tied to the embeddings) once, under its first name, as `save_pretrained`
-    # writes it from a model whose tied weights share their storage (these copies do not)
-    own = {name for name, _ in module.named_parameters()} | {name for name, _ in module.named_buffers()}
     with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-        return {name: tensor.detach().clone().cpu() for name, tensor in module.state_dict().items() if name in own}
+        whole = one_name_per_weight(module, module.state_dict())
+        return {name: tensor.detach().clone().cpu() for name, tensor in whole.items()}
 
 
 def full_optimizer_state(engine, learning_rate: float) -> dict:

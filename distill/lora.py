@@ -59,14 +59,21 @@ def base_reference(model: str) -> str:
     return str(Path(full_weights(model)).resolve())
 
 
+def one_name_per_weight(model, state_dict: dict) -> dict:
+    """A state dict gathered from shards or partitions, with a weight tied to another (an LM head tied to the
+    embeddings) once, under its first name, as `save_pretrained` writes it from the model itself: gathered copies
+    share no storage, so `save_pretrained` would write both."""
+    own = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    return {name: tensor for name, tensor in state_dict.items() if name in own}
+
+
 def save_weights(model, directory: Path, recipe: LoraRecipe, state_dict: dict | None = None) -> dict:
     """Write the trained weights into `directory`: the adapter (pointing at its base), or with `merge_adapter`
     the merged model, or the full model. `state_dict`: the weights gathered from the processes that hold them in
     shards (FSDP, ZeRO-3). Returns the card's LoRA fields (none without LoRA)."""
     if not recipe.lora:
-        if state_dict is not None:  # (gathered copies: a tied weight once, under its first name, as from the model)
-            own = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
-            state_dict = {name: tensor for name, tensor in state_dict.items() if name in own}
+        if state_dict is not None:
+            state_dict = one_name_per_weight(model, state_dict)
         model.save_pretrained(str(directory), state_dict=state_dict)
         return {}
     settings = {"rank": recipe.lora_rank, "alpha": recipe.lora_alpha, "target_modules": recipe.lora_target_modules}

@@ -150,6 +150,15 @@ class RemoteEngine:
         response = self.client.post("/collective_rpc", json={"method": method, "args": args}).raise_for_status()
         return response.json()["results"]
 
+    def _rpc_during(self, method: str, args: list[str], work):
+        """`work()`'s result, done while the workers run `method` (the two meet in the weight group's collectives:
+        neither returns before the other has joined)."""
+        with ThreadPoolExecutor(1) as pool:
+            called = pool.submit(self._rpc, method, args)
+            result = work()
+            called.result()
+        return result
+
     def open_weight_group(self, address: str) -> None:
         """Start a weight group with the server's workers (`l2s/weight_group.py`; from the main process, which
         hosts its store at `address`, an address of this machine that the server reaches): from then on
@@ -161,10 +170,8 @@ class RemoteEngine:
 
         world = 1 + len(self._rpc("worker_rank", []))
         port = free_port()
-        with ThreadPoolExecutor(1) as pool:  # the workers join (the call returns once all have) while this does
-            joined = pool.submit(self._rpc, "join_weight_group", [address, str(port), str(world)])
-            self.weight_group = open_group(address, port, 0, world)
-            joined.result()
+        self.weight_group = self._rpc_during("join_weight_group", [address, str(port), str(world)],
+                                             lambda: open_group(address, port, 0, world))  # fmt: skip
 
     def send_weights(self, weights: dict) -> None:
         """The policy's whole weights (main process) to the server's workers, which load them in place; then the
@@ -172,10 +179,8 @@ class RemoteEngine:
         if is_main():
             from l2s.weight_group import send, weight_specs
 
-            with ThreadPoolExecutor(1) as pool:
-                loaded = pool.submit(self._rpc, "receive_weights", [json.dumps(weight_specs(weights))])
-                send(self.weight_group, weights)
-                loaded.result()
+            specs = json.dumps(weight_specs(weights))
+            self._rpc_during("receive_weights", [specs], lambda: send(self.weight_group, weights))
         self.reset_prefix_cache()
 
     def reset_prefix_cache(self) -> None:

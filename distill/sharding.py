@@ -102,11 +102,11 @@ def full_weights(model) -> dict | None:
     writes it from an unsharded model."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    from distill.lora import one_name_per_weight
+
     # (frozen weights — a LoRA policy's base — are the start model's, never written: not gathered either)
     options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
-    whole = get_model_state_dict(model, options=options)
-    own = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
-    return {name: tensor for name, tensor in whole.items() if name in own} or None
+    return one_name_per_weight(model, get_model_state_dict(model, options=options)) or None
 
 
 def full_optimizer_state(model, optimizer) -> dict | None:
