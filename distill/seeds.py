@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from distill.reporting import LOGGING_FIELDS
+from distill.rl import ROLLOUT_FIELDS
 from l2s.atomic import save_figure_atomic, write_text_atomic
 from l2s.cards import read_card
 from l2s.jsonl import read_yaml
@@ -120,11 +121,11 @@ def trained_recipe(method: str, path: str, seed: int) -> dict:
 
 
 def recipe_changes(card: dict, recipe: dict) -> list[str]:
-    """The recipe fields (other than the start model, given per sweep, and the trackers) whose value in a finished
-    model's card is not the recipe's: a sweep must not report a model trained with an earlier version of its recipe
-    (or of the code's defaults)."""
+    """The recipe fields (other than the start model, given per sweep, the trackers, and where RL's samples come
+    from, which changes nothing they are) whose value in a finished model's card is not the recipe's: a sweep must
+    not report a model trained with an earlier version of its recipe (or of the code's defaults)."""
     trained = card.get("recipe", {})
-    ignored = ("model", *LOGGING_FIELDS)
+    ignored = ("model", *LOGGING_FIELDS, *ROLLOUT_FIELDS)
     return sorted(key for key, value in recipe.items() if key not in ignored and trained.get(key) != value)
 
 

@@ -156,7 +156,7 @@ def train_resumably(trainer, work_dir: Path) -> None:
     at a time: a second on the same work directory is refused — the main process holds the lock for them all)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     with exclusive(work_dir) if is_main() else nullcontext():
-        last = last_complete_checkpoint(work_dir / "checkpoints")
+        last = resume_point(work_dir / "checkpoints")
         if last and is_main():
             print(f"resuming from {last}")
         if world_size() > 1 and is_main():
@@ -171,27 +171,58 @@ def train_resumably(trainer, work_dir: Path) -> None:
     )
 
 
-def last_complete_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest `checkpoint-N` that the Trainer finished writing: it writes `trainer_state.json` after the
-    weights, optimizer and scheduler, so one without it (a kill mid-save) is skipped, with a warning naming it."""
+def complete_checkpoints(checkpoints: Path) -> list[tuple[Path, dict]]:
+    """The `checkpoint-N` that the Trainer finished writing, newest first, with their `trainer_state.json`: it
+    writes that file after the weights, optimizer and scheduler, so one without it (a kill mid-save) is skipped,
+    with a warning naming it."""
     found = sorted(
         (path for path in checkpoints.glob("checkpoint-*") if path.name.removeprefix("checkpoint-").isdigit()),
         key=lambda path: int(path.name.removeprefix("checkpoint-")),
         reverse=True,
     )
+    complete = []
     for checkpoint in found:
         try:
-            json.loads((checkpoint / "trainer_state.json").read_text())
-            return checkpoint
+            complete.append((checkpoint, json.loads((checkpoint / "trainer_state.json").read_text())))
         except (OSError, ValueError):
             logger.warning("skipping %s: an incomplete checkpoint (a save that was interrupted)", checkpoint)
+    return complete
+
+
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    complete = complete_checkpoints(checkpoints)
+    return complete[0][0] if complete else None
+
+
+def resume_point(checkpoints: Path) -> Path | None:
+    """Where an interrupted run resumes: its newest complete checkpoint, unless that is the run's last one (saved at
+    `max_steps`, then killed before the model was published). Resumed there in mid-epoch (a `--max-steps` run),
+    the Trainer (transformers 5.19) trains one step past `max_steps` before it checks the limit: the card counts a
+    step more, and the weights move too where the learning rate has not decayed to 0. So such a run resumes from
+    the checkpoint before (or from the start) and does its last steps again, to the uninterrupted run's model —
+    also at an epoch's end, where the Trainer would stop in time: a few steps again are simpler than telling."""
+    for checkpoint, state in complete_checkpoints(checkpoints):
+        if state.get("global_step", 0) < state.get("max_steps", math.inf):
+            return checkpoint
+        logger.warning("%s is the run's last checkpoint: resuming from the one before it", checkpoint)
     return None
+
+
+def gathered_weights(trainer) -> dict | None:
+    """The whole weights, gathered on every process (every process must call it). Under ZeRO-3 gathered here from
+    the partitions: accelerate's `get_state_dict` does it only when the launch's DeepSpeed config sets
+    `stage3_gather_16bit_weights_on_model_save` (off by default), and then in 16 bits."""
+    from distill.deepspeed_policy import full_weights, is_deepspeed
+
+    if is_deepspeed(trainer.model_wrapped):  # (the engine; ZeRO-2 keeps the whole weights on every process)
+        return full_weights(trainer.model_wrapped) or trainer.model.state_dict()
+    return trainer.accelerator.get_state_dict(trainer.model)
 
 
 def save_model(trainer, tokenizer, out_dir: Path, method: str, recipe: TrainedRecipe, examples: list, **extra) -> None:
     """The trained model (or LoRA adapter), its tokenizer and its card, published atomically as `out_dir` (by the
     main process alone, once every process has helped gather weights that FSDP or ZeRO-3 keep in shards)."""
-    state_dict = trainer.accelerator.get_state_dict(trainer.model) if world_size() > 1 else None
+    state_dict = gathered_weights(trainer) if world_size() > 1 else None
     if not is_main():
         return
     with atomic_model_dir(out_dir) as temporary:

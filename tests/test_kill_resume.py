@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -248,9 +249,11 @@ def test_shortest_and_dpo_killed_at_random_moments_give_the_uninterrupted_models
 
     _, dataset = write_sum_dataset(tmp_path / "data", 48)
 
+    steps = {"shortest": 24, "dpo": 22}  # dpo's ends in mid-epoch (12 steps an epoch), its last checkpoint too
+
     def args(method: str, out: Path) -> list[str]:
         return ["distill", method, "--model", str(lab_models / "lab-long"), "--task", f"hf:{dataset}",
-                "--num-problems", "48", "--max-steps", "24", "--save-steps", "4", "--batch-size", "8",
+                "--num-problems", "48", "--max-steps", str(steps[method]), "--save-steps", "4", "--batch-size", "8",
                 "--out", str(out / f"lab-{method}")]  # fmt: skip
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -274,11 +277,21 @@ def test_shortest_and_dpo_killed_at_random_moments_give_the_uninterrupted_models
         assert _card_without_times(killed / model) == _card_without_times(whole / model)
         card = _card_without_times(killed / model)
         assert AutoModelForCausalLM.from_pretrained(killed / model) and AutoTokenizer.from_pretrained(killed / model)
-        assert card["parents"] == ["lab-long"] and card["training"]["steps"] == 24 and card["data"]["problems"] == 48
+        assert card["parents"] == ["lab-long"] and card["data"]["problems"] == 48
+        assert card["training"]["steps"] == steps[method]
         (loss,) = (killed / "runs" / "distill").glob(f"{model}-*/loss.json")  # the run's own work directory
         (whole_loss,) = (whole / "runs" / "distill").glob(f"{model}-*/loss.json")
         assert json.loads(loss.read_text()) == json.loads(whole_loss.read_text())  # logged losses too
         print(f"{method}: complete checkpoints at the kills: {at_kills}")
+    # killed after its last checkpoint, before the model was published (the state its deleted model leaves): resumed
+    # there in mid-epoch, the Trainer would train a step past --max-steps (its card: 23 steps; the weights move too
+    # where the learning rate has not decayed to 0); the run does its last steps again instead, from checkpoint-20
+    (last,) = (killed / "runs" / "distill").glob("lab-dpo-*/checkpoints/checkpoint-22")
+    assert json.loads((last / "trainer_state.json").read_text())["epoch"] % 1 != 0
+    shutil.rmtree(killed / "lab-dpo")
+    assert _run(args("dpo", killed), home=killed) == 0
+    _same_files(killed / "lab-dpo", whole / "lab-dpo", ["model.safetensors"])
+    assert _card_without_times(killed / "lab-dpo") == _card_without_times(whole / "lab-dpo")
     (killed_samples,) = samples.glob("*.jsonl")
     (whole_samples,) = (whole / "runs" / "samples").glob("*.jsonl")
     assert sorted(killed_samples.read_text().splitlines()) == sorted(whole_samples.read_text().splitlines())

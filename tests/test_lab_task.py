@@ -4,7 +4,7 @@ import random
 import pytest
 
 from l2s.lab.task import LEVELS, Problem, extract_answer, generate_problems, is_correct, parse_question, split_of
-from l2s.lab.traces import column_addition, completion, long_reasoning, short_reasoning
+from l2s.lab.traces import LongTraceOptions, column_addition, completion, long_reasoning, short_reasoning
 from l2s.reasoning import split_text
 
 
@@ -64,8 +64,6 @@ def test_traces_are_correct_and_long_ones_vary():
     assert short_reasoning(problem).count(" = ") == len(problem.terms) - 1
     assert short_reasoning(problem).endswith(f"= {problem.answer}")
     # with no optional part, a long trace is the worked sum alone: one expression and one column line a step
-    from l2s.lab.traces import LongTraceOptions
-
     bare = long_reasoning(problem, rng, LongTraceOptions(plan=0, check=0, again=0, redo=0)).splitlines()
     assert len(bare) == 2 * (len(problem.terms) - 1) and bare[-1].endswith(f"so {problem.answer}.")
 
@@ -97,7 +95,7 @@ def test_lab_errors_command_writes_its_table(tmp_path, capsys):
     from l2s.cli import main
 
     problem = generate_problems("test", 1, seed=0)[0]
-    right = long_reasoning(problem, random.Random(0))
+    right = long_reasoning(problem, random.Random(0), LongTraceOptions(plan=1, check=0, again=0, redo=0))
     samples = tmp_path / "samples.jsonl"
     rows = [
         {"model": "m", "level": problem.level, "problem_id": problem.id, "correct": True, "reasoning": right,
@@ -110,6 +108,9 @@ def test_lab_errors_command_writes_its_table(tmp_path, capsys):
     written = (tmp_path / "errors.md").read_text()
     assert written.strip() == capsys.readouterr().out.strip()
     assert f"| m | {problem.level} | 2 | 1 | 0 | 0 | 0 | 1 | 0 |" in written  # the one wrong: its answer
+    # both samples share one trace: the one wrong falls on the side of each habit that trace is on
+    # (the trace has a plan and no repeated step)
+    assert written.splitlines()[2].endswith("| 1 of 2 | 0 of 0 | 0 of 0 | 1 of 2 |")
 
     # the same eval directory after the model was retrained under its name: only the new weights' samples count
     retrained = [{**row, "model_version": "new", "correct": True} for row in rows]

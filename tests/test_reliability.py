@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from distill.sampling import problem_seed
-from distill.training import last_complete_checkpoint
+from distill.training import last_complete_checkpoint, resume_point
 from l2s.atomic import publish_dir, write_text_atomic
 from l2s.cards import atomic_model_dir, read_card
 from l2s.home import exclusive
@@ -236,6 +237,17 @@ def test_incomplete_trainer_checkpoints_are_skipped(tmp_path, caplog):
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-20"
     assert "checkpoint-30" in caplog.text and "incomplete" in caplog.text
     assert last_complete_checkpoint(tmp_path / "nothing-here") is None
+
+
+def test_a_run_killed_after_its_last_checkpoint_resumes_from_the_one_before(tmp_path):
+    """The Trainer, resumed at max_steps in mid-epoch, would train a step past it (tests/test_kill_resume.py)."""
+    for step in (4, 8):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step,
+                                                                                         "max_steps": 8}))  # fmt: skip
+    assert resume_point(tmp_path) == tmp_path / "checkpoint-4"
+    shutil.rmtree(tmp_path / "checkpoint-4")
+    assert resume_point(tmp_path) is None  # (from the start)
 
 
 def _hold(run_dir: str, ready, release) -> None:

@@ -32,6 +32,9 @@ from l2s.lab.traces import column_addition, expression
 KINDS = ("copy", "column", "total", "answer", "unfinished")
 # the optional parts of a long trace (`LongTraceOptions`), by the words that open them
 HABITS = {"plan": "Let me add the", "check": "Check:", "again": "Again:", "redo": "Let me add it again"}
+# habits whose samples are split into with / without, to see whether accuracy rests on them (long2short can only
+# remove a habit that does not carry it): the plan, and a step worked again
+SPLIT_BY = {"plan": "a plan", "again": "a repeated step"}
 _EXPRESSION = re.compile(r"\d+(\+\d+)+")
 _COLUMNS = re.compile(r"(\d+)\+(\d+): (.*), so (\d+)\.")
 
@@ -76,8 +79,8 @@ def problems_by_id(ids: set[str]) -> dict[str, Problem]:
 
 def error_table(samples_path: Path) -> list[dict]:
     """One row per (model, level): samples, wrong ones, the first mistakes' kinds, how often the optional parts of a
-    long trace appear (per sample: what long2short removes), and the wrong ones among samples that repeat a step
-    (`Again:`) and among those that do not (what accuracy may rest on)."""
+    long trace appear (per sample: what long2short removes), and the wrong ones among samples with and without each
+    habit of `SPLIT_BY` (what accuracy may rest on; sampled evals, `--samples 8`, show it best)."""
     samples = [json.loads(line) for line in samples_path.read_text().splitlines() if line.strip()]
     # an eval directory keeps the samples of an older model that had the same name (they are never reused, see
     # eval/runner.py's model_version): count each model's newest weights only, the last version its lines name
@@ -103,9 +106,10 @@ def error_table(samples_path: Path) -> list[dict]:
         row["samples"] += 1
         for habit, opening in HABITS.items():
             row["habits"][habit] += reasoning.count(opening)
-        repeats = "again" if HABITS["again"] in reasoning else "no again"
-        row["split"][repeats, "samples"] += 1
-        row["split"][repeats, "wrong"] += not sample["correct"]
+        for habit in SPLIT_BY:
+            part = (habit, HABITS[habit] in reasoning)
+            row["split"][part, "samples"] += 1
+            row["split"][part, "wrong"] += not sample["correct"]
         if sample["correct"]:
             continue
         row["wrong"] += 1
@@ -116,13 +120,16 @@ def error_table(samples_path: Path) -> list[dict]:
 
 def render(rows: list[dict]) -> str:
     columns = [f"first error: {kind}" for kind in KINDS] + [f"{habit} / sample" for habit in HABITS]
-    columns += ["wrong, samples with a repeated step", "wrong, samples without"]
+    for words in SPLIT_BY.values():
+        columns += [f"wrong, samples with {words}", "wrong, samples without"]
     lines = ["| model | level | samples | wrong | " + " | ".join(columns) + " |", "|---" * (4 + len(columns)) + "|"]
     for row in rows:
         counts = [str(row["kinds"].get(kind, 0)) for kind in KINDS]
         counts += [f"{row['habits'][habit] / row['samples']:.2f}" for habit in HABITS]
         counts += [
-            f"{row['split'][part, 'wrong']} of {row['split'][part, 'samples']}" for part in ("again", "no again")
+            f"{row['split'][(habit, has), 'wrong']} of {row['split'][(habit, has), 'samples']}"
+            for habit in SPLIT_BY
+            for has in (True, False)
         ]
         lines.append(f"| {row['model']} | {row['level']} | {row['samples']} | {row['wrong']} | {' | '.join(counts)} |")
     return "\n".join(lines)
