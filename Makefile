@@ -9,7 +9,7 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "
 
 .PHONY: setup deps browser playground-screenshots lab serve test test-fast test-rl-seeds lint clean lab-merge lab-shortest lab-dpo lab-rl lab-rl-ablations lab-merge-sweep lab-eval bench loadtest \
 	lab-seeds lab-rl-seeds lab-rl-lora-seeds lab-shortest-seeds lab-dpo-seeds lab-rl-other-lab \
-	lab-lora lab-shortest-lora lab-dpo-lora lab-rl-lora lab-lora-eval bench-lora bench-ray bench-engine-start bench-distill
+	lab-lora lab-shortest-lora lab-dpo-lora lab-rl-lora lab-lora-eval bench-lora bench-ray bench-engine-start bench-distill lab-rl-from-server
 
 setup: $(VENV)/.deps-installed lab browser
 
@@ -105,12 +105,12 @@ lab-dpo-seeds: setup
 
 # The RL recipe from a lab-long built with another lab seed (a different model, tokenizer and data draw).
 OTHER_LAB_SEED ?= 1
-OTHER_LAB_RL_SEEDS ?= 0
+OTHER_LAB_RL_SEEDS ?= 0,1,2
 lab-rl-other-lab: setup
 	$(BIN)/l2s lab build --out runs/lab-seed$(OTHER_LAB_SEED) --seed $(OTHER_LAB_SEED)
 	$(BIN)/python -m distill.seeds rl --recipe configs/distill/rl.yaml --seeds $(OTHER_LAB_RL_SEEDS) \
 		--model runs/lab-seed$(OTHER_LAB_SEED)/lab-long --name lab-rl-labseed$(OTHER_LAB_SEED) \
-		--out results/seeds-rl-labseed$(OTHER_LAB_SEED)
+		--wide-eval-problems 1092 --out results/seeds-rl-labseed$(OTHER_LAB_SEED)
 
 # The README's RL ablations: the lab-rl recipe with one thing changed each, same start, same iterations
 # (after `make lab-rl`, which the evaluation compares them with).
@@ -156,6 +156,12 @@ bench-engine-start: setup
 # engine vs rollout server.
 bench-distill: setup
 	$(BIN)/python clients/bench_distill.py --model $(MODELS)/lab-long --out results/bench-distill
+
+# The whole RL recipe, seed 0, with its rollouts from a rollout server (weights over a process group), against the
+# same seed on its own engine (`make lab-rl-seeds` trains it): the same run is the claim (issue #16).
+lab-rl-from-server: setup
+	$(BIN)/python clients/rl_from_server.py --recipe configs/distill/rl.yaml --seed 0 --model $(MODELS)/lab-long \
+		--reference runs/seeds/lab-rl-s0 --out results/rl-from-server
 
 loadtest: setup
 	$(BIN)/l2s loadtest --spawn --users 16 --spawn-rate 4 --duration 60s --out results/loadtest
