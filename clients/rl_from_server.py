@@ -23,6 +23,9 @@ from pathlib import Path
 from clients.bench_distill import ROOT, with_rollout_server
 
 TIMINGS = ("sampling_seconds", "training_seconds")
+# the engine's log-probabilities of what it sampled against the trainer's: a server sends them as JSON text, so they
+# come back rounded (~1e-9 apart) — compared within a tolerance, everything else exactly
+GAP = "engine_logprob_gap"
 
 
 def compare(reference: Path, served: Path) -> dict:
@@ -31,12 +34,15 @@ def compare(reference: Path, served: Path) -> dict:
 
     cards = [json.loads((model / "card.json").read_text())["training"] for model in (reference, served)]
     histories = [[{k: v for k, v in line.items() if k not in TIMINGS} for line in card["history"]] for card in cards]
-    differing = [a["iteration"] for a, b in zip(*histories, strict=True) if a != b]
+    exact = [[{k: v for k, v in line.items() if k != GAP} for line in history] for history in histories]
+    differing = [a["iteration"] for a, b in zip(*exact, strict=True) if a != b]
+    gaps = [abs(a[GAP] - b[GAP]) for a, b in zip(*histories) if a.get(GAP) is not None and b.get(GAP) is not None]
     weights = [load_file(model / "model.safetensors") for model in (reference, served)]
     largest = max((weights[0][name] - weights[1][name]).abs().max().item() for name in weights[0])
     return {
         "iterations": len(histories[0]),
         "iterations_with_different_metrics": differing,
+        f"largest_{GAP}_difference": max(gaps, default=0.0),
         "same_validation_scores": cards[0]["validation"] == cards[1]["validation"],
         "selected_iteration": [card["selected_iteration"] for card in cards],
         "same_weight_names": weights[0].keys() == weights[1].keys(),
@@ -66,7 +72,11 @@ def main() -> None:
         subprocess.run(command, cwd=ROOT, check=True)
         return round(time.time() - began, 1)
 
-    wall = with_rollout_server(args.model, train)
+    if (served / "card.json").is_file():  # rerunning compares again (the time: the training run's, if recorded)
+        earlier = args.out / "comparison.json"
+        wall = json.loads(earlier.read_text())["wall_seconds"] if earlier.is_file() else None
+    else:
+        wall = with_rollout_server(args.model, train)
     result = {"recipe": args.recipe, "seed": args.seed, "start": args.model, "reference": str(args.reference),
               "served": str(served), "rollout_weights": args.rollout_weights, "wall_seconds": wall,
               **compare(args.reference, served)}  # fmt: skip
@@ -80,7 +90,7 @@ def main() -> None:
     (args.out / "summary.md").write_text(
         f"# RL from a rollout server vs its own engine: {verdict}\n\n"
         f"`{args.recipe}`, seed {args.seed}, from `{args.model}`; weights to the server by `{args.rollout_weights}`; "
-        f"{wall:.0f} s.\n\n| | |\n|---|---|\n" + "".join(f"| {key} | {value} |\n" for key, value in result.items())
+        f"{wall} s.\n\n| | |\n|---|---|\n" + "".join(f"| {key} | {value} |\n" for key, value in result.items())
     )
     print(json.dumps(result, indent=1))
 

@@ -21,6 +21,7 @@ Requests carry prompt token ids and a seed each, as offline; the engine-vs-train
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -38,6 +39,8 @@ from l2s.generation import (
     on_gpu,
 )
 from l2s.inplace_reload import WORKER_EXTENSION
+
+logger = logging.getLogger("l2s")
 
 
 def server_command(model: str, port: int, host: str, settings: EngineSettings) -> tuple[list[str], dict]:
@@ -125,11 +128,27 @@ class RemoteEngine:
                 else {}
             ),
         }
-        response = self.client.post("/v1/completions", json=body)
+        response = self._post_resending("/v1/completions", body)
         if response.status_code != 200:
             raise RuntimeError(f"rollout server {self.url}: {response.status_code} {response.text[:500]}")
         choices = sorted(response.json()["choices"], key=lambda choice: choice["index"])
         return SimpleNamespace(outputs=[self._output(choice) for choice in choices])
+
+    def _post_resending(self, path: str, body: dict, attempts: int = 3):
+        """POST a sampling request, sent again (up to `attempts` times in all) when the connection drops before an
+        answer: the server closing a kept-alive connection just as a request goes out on it shows up as a reset or
+        a disconnect (seen once in ~30 iterations here, despite the pool's early expiry). A request names its seed,
+        so the resent one samples the same tokens; a server that is gone fails every attempt."""
+        import httpx
+
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.client.post(path, json=body)
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ConnectError) as error:
+                if attempt == attempts:
+                    raise RuntimeError(f"rollout server {self.url}: {attempts} attempts failed ({error!r})") from error
+                logger.warning("rollout server %s: %r; sending the request again", self.url, error)
+                time.sleep(attempt)
 
     @staticmethod
     def _output(choice: dict) -> SimpleNamespace:

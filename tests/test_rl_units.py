@@ -1,5 +1,6 @@
 """The RL method's loss, gradient and rewards on hand-computed cases (SPEC §3.1)."""
 
+import json
 import math
 
 import pytest
@@ -124,8 +125,6 @@ def test_length_weight_schedule_warm_up_shorten_consolidate():
 
 
 def test_a_seed_sweep_refuses_a_model_trained_with_another_recipe():
-    import json
-
     from distill.seeds import recipe_changes, trained_recipe
     from tests.conftest import ROOT
 
@@ -276,3 +275,36 @@ def test_metrics_report_continues_a_resumed_run_and_starts_a_fresh_one_anew(tmp_
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [event.step for event in events.Scalars("train/accuracy")] == [1]  # the fresh run's log only
+
+
+def test_a_rollout_request_is_sent_again_when_the_connection_drops(monkeypatch):
+    """The server closing a kept-alive connection as a request goes out on it; a seeded request resent samples the
+    same tokens. A server that is gone fails every attempt, with its address in the error."""
+    import httpx
+
+    from distill import rollout_server
+    from distill.rollout_server import RemoteEngine
+
+    monkeypatch.setattr(rollout_server.time, "sleep", lambda seconds: None)
+    calls = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(json.loads(request.content))
+        if len(calls) == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+        return httpx.Response(200, json={"ok": True})
+
+    engine = object.__new__(RemoteEngine)  # (without a server to ask for its model and tokenizer)
+    engine.url, engine.client = (
+        "http://rollouts",
+        httpx.Client(base_url="http://rollouts", transport=httpx.MockTransport(answer)),
+    )
+    assert engine._post_resending("/v1/completions", {"seed": 7}).json() == {"ok": True}
+    assert calls == [{"seed": 7}, {"seed": 7}]
+
+    def gone(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("Connection refused", request=request)
+
+    engine.client = httpx.Client(base_url="http://rollouts", transport=httpx.MockTransport(gone))
+    with pytest.raises(RuntimeError, match="rollout server http://rollouts: 3 attempts failed"):
+        engine._post_resending("/v1/completions", {"seed": 7})
