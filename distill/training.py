@@ -189,11 +189,6 @@ def complete_checkpoints(checkpoints: Path) -> list[tuple[Path, dict]]:
     return complete
 
 
-def last_complete_checkpoint(checkpoints: Path) -> Path | None:
-    complete = complete_checkpoints(checkpoints)
-    return complete[0][0] if complete else None
-
-
 def resume_point(checkpoints: Path) -> Path | None:
     """Where an interrupted run resumes: its newest complete checkpoint, unless that is the run's last one (saved at
     `max_steps`, then killed before the model was published). Resumed there in mid-epoch (a `--max-steps` run),

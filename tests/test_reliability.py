@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from distill.sampling import problem_seed
-from distill.training import last_complete_checkpoint, resume_point
+from distill.training import resume_point
 from l2s.atomic import publish_dir, write_text_atomic
 from l2s.cards import atomic_model_dir, read_card
 from l2s.home import exclusive
@@ -234,9 +234,9 @@ def test_incomplete_trainer_checkpoints_are_skipped(tmp_path, caplog):
         (checkpoint / "model.safetensors").write_text("w")
         if complete:
             (checkpoint / "trainer_state.json").write_text("{}")
-    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-20"
+    assert resume_point(tmp_path) == tmp_path / "checkpoint-20"  # (states without max_steps: not a last one)
     assert "checkpoint-30" in caplog.text and "incomplete" in caplog.text
-    assert last_complete_checkpoint(tmp_path / "nothing-here") is None
+    assert resume_point(tmp_path / "nothing-here") is None
 
 
 def test_a_run_killed_after_its_last_checkpoint_resumes_from_the_one_before(tmp_path):
