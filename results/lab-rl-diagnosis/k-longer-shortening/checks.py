@@ -1,0 +1,28 @@
+"""Wrong answers of 3- and 4-term samples that open with the plan, split by whether they write a check and a
+repeated step: `python checks.py` (reads j's sampled validation evaluations; writes checks.txt)."""
+
+import collections
+import json
+from pathlib import Path
+
+from l2s.lab.errors import HABITS
+
+HERE = Path(__file__).parent
+lines = []
+for build in ["lab-seed-1", "lab-seed-0"]:
+    samples = HERE.parent / "j-plan-carries-accuracy" / build / "samples.jsonl"
+    counts = collections.Counter()
+    for sample in map(json.loads, samples.read_text().splitlines()):
+        reasoning = sample.get("reasoning") or ""
+        if sample["level"] == "1" or HABITS["plan"] not in reasoning:
+            continue
+        check = "check" if HABITS["check"] in reasoning else "no check"
+        again = "repeat" if HABITS["again"] in reasoning or HABITS["redo"] in reasoning else "no repeat"
+        key = (sample["model"], {"2": "3-term", "3": "4-term"}[sample["level"]], check, again)
+        counts[key, "samples"] += 1
+        counts[key, "wrong"] += not sample["correct"]
+    for key in sorted({key for key, _ in counts}):
+        n, wrong = counts[key, "samples"], counts[key, "wrong"]
+        lines.append(f"{build:11} {key[0]:20} {key[1]:7} {key[2]:9} {key[3]:10} {wrong:4} of {n:4} wrong ({wrong / n:.1%})")
+(HERE / "checks.txt").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
