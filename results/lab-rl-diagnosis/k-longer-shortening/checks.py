@@ -23,6 +23,7 @@ for build in ["lab-seed-1", "lab-seed-0"]:
         counts[key, "wrong"] += not sample["correct"]
     for key in sorted({key for key, _ in counts}):
         n, wrong = counts[key, "samples"], counts[key, "wrong"]
-        lines.append(f"{build:11} {key[0]:20} {key[1]:7} {key[2]:9} {key[3]:10} {wrong:4} of {n:4} wrong ({wrong / n:.1%})")
+        model, terms, check, again = key
+        lines.append(f"{build:11} {model:20} {terms:7} {check:9} {again:10} {wrong:4} of {n:4} wrong ({wrong / n:.1%})")
 (HERE / "checks.txt").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
