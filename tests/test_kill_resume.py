@@ -196,8 +196,8 @@ train_problems: 400
 vocab_size: 400
 model: {hidden_size: 64, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 128}
 base: {steps: 60, batch_size: 8, learning_rate: 0.003, warmup_steps: 5}
-long: {steps: 40, batch_size: 8, learning_rate: 0.002, warmup_steps: 5}
-short: {steps: 40, batch_size: 8, learning_rate: 0.001, warmup_steps: 5, style: none}
+long: {steps: 60, batch_size: 8, learning_rate: 0.002, warmup_steps: 5}
+short: {steps: 200, batch_size: 8, learning_rate: 0.001, warmup_steps: 5, style: none}
 measure: {test_problems: 12, samples: 2, max_tokens: 64}
 """
 
@@ -232,7 +232,10 @@ def test_lab_build_killed_at_random_moments_gives_the_uninterrupted_models(tmp_p
     # one kill in each stage's training, each after a checkpoint so that it resumes from one (a kill while
     # measuring costs a minute of engine starts and tests less: a card has no figures until its model is measured)
     stages = ("lab-base", "lab-long", "lab-short")
-    kills = [_once(checkpoints_written(stage), rng.uniform(0, 0.3)) for stage in stages]  # (10 steps: ~0.3 s)
+    # Each kill comes up to 0.3 s after its stage's first checkpoint (step 10), so every stage must train on for
+    # well over that: here base and long take ~0.2 s per 10 steps and short (plain answers) ~0.05 s, so short
+    # trains 200 steps; at 40 it finished within 0.2 s of its first checkpoint and a CI run's kill came too late.
+    kills = [_once(checkpoints_written(stage), rng.uniform(0, 0.3)) for stage in stages]
     at_kills = _run_through_kills(args(killed), kills, on_disk)
     assert [done for done, _ in at_kills] == [0, 1, 2], f"not one kill in each stage's training: {at_kills}"
     for stage in stages:
