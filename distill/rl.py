@@ -665,7 +665,10 @@ def _run(recipe: RLRecipe, out: Path, run_dir: Path, resume: bool, stop_after: i
         and recipe_path.is_file()
         and not continues(RLRecipe.model_validate_json(recipe_path.read_text()), recipe)
     ):
-        raise SystemExit(f"--resume: {run_dir} holds a run of another recipe; drop --resume to start afresh")
+        raise SystemExit(
+            f"--resume: {run_dir} holds a run of another recipe; drop --resume (or, where a sweep passes it, "
+            "delete that directory) to start afresh"
+        )
     barrier()  # every process has read the old recipe before the main one writes the new
     if is_main():
         write_text_atomic(recipe_path, recipe.model_dump_json(indent=2))
