@@ -235,7 +235,8 @@ def test_lab_build_killed_at_random_moments_gives_the_uninterrupted_models(tmp_p
     stages = ("lab-base", "lab-long", "lab-short")
     # Each kill comes up to 0.3 s after its stage's first checkpoint (step 10), so every stage must train on for
     # well over that: here base and long take ~0.2 s per 10 steps and short (plain answers) ~0.05 s, so short
-    # trains 200 steps; at 40 it finished within 0.2 s of its first checkpoint and a CI run's kill came too late.
+    # trains 200 steps (long 60, for margin); at 40 short finished within 0.2 s of its first checkpoint and a CI
+    # run's kill came too late.
     kills = [_once(checkpoints_written(stage), rng.uniform(0, 0.3)) for stage in stages]
     at_kills = _run_through_kills(args(killed), kills, on_disk)
     assert [done for done, _ in at_kills] == [0, 1, 2], f"not one kill in each stage's training: {at_kills}"
